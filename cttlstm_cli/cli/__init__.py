@@ -1,0 +1,72 @@
+"""The ``cttlstm`` command line: thin Typer commands over the library.
+
+Every user error surfaces as one ``error: ...`` line on stderr and exit code 2;
+Ctrl-C exits with 130. Commands parse options, call the library and print.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors its own click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on real click
+    from click import exceptions as click_exceptions
+
+from cttlstm_cli import __version__
+from cttlstm_cli.errors import CttlstmError
+
+app = typer.Typer(
+    name="cttlstm",
+    help="Convolutional Tensor-Train LSTM (Su et al., NeurIPS 2020): prepare data, train, evaluate, predict, profile.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cttlstm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Convolutional Tensor-Train LSTM toolkit."""
+
+
+from cttlstm_cli.cli import profile as _profile  # noqa: E402  (registers commands on `app`)
+
+del _profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code instead of raising for user errors."""
+    try:
+        result = app(args=argv, prog_name="cttlstm", standalone_mode=False)
+    except CttlstmError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except click_exceptions.UsageError as err:
+        if not err.format_message():  # bare `cttlstm`: the help was the answer
+            return 0
+        hint = f" (see 'cttlstm {err.ctx.command_path.partition(' ')[2]} --help')".replace("  ", " ") if err.ctx else ""
+        print(f"error: {err.format_message()}{hint}", file=sys.stderr)
+        return 2
+    except (click_exceptions.Exit, typer.Exit) as err:
+        return err.exit_code
+    except (click_exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def entry_point() -> None:
+    """Console-script entry (``cttlstm``)."""
+    sys.exit(main())

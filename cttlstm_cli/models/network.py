@@ -1,0 +1,173 @@
+"""The 12-layer video-prediction network (design §2) and its rollout.
+
+Layers are named ``b{block}l{layer}``. With the default ``skip_stride=2`` and four
+blocks, block 3's first layer takes ``[block 2 ; block 0]`` and the 1x1 output head
+takes ``[block 3 ; block 1]``. The head has no sigmoid: raw outputs are fed back
+and clamping to [0, 1] is left to metrics and rendering.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from cttlstm_cli.models.cells import CellState, ConvLSTMCell, ConvTTLSTMCell, TTDConvLSTMCell
+from cttlstm_cli.recipe import ModelConfig
+
+NetworkState = tuple[CellState, ...]
+
+
+def skip_source(position: int, skip_stride: int | None) -> int | None:
+    """Block whose output joins the input of block ``position`` (the head is position B)."""
+    if skip_stride is None or position < skip_stride + 1:
+        return None
+    return position - 1 - skip_stride
+
+
+def make_cell(cfg: ModelConfig, in_channels: int, hidden_channels: int) -> nn.Module:
+    """Build one recurrent cell of the configured type."""
+    if cfg.cell == "convlstm":
+        return ConvLSTMCell(in_channels, hidden_channels, cfg.kernel)
+    if cfg.cell == "convlstm_ttd":
+        return TTDConvLSTMCell(in_channels, hidden_channels, cfg.kernel, cfg.rank, cfg.order)
+    form = "parallel" if cfg.ctt_form == "parallel" else "sequential"
+    return ConvTTLSTMCell(in_channels, hidden_channels, cfg.order, cfg.steps, cfg.rank, cfg.kernel, cfg.tt_padding, form)
+
+
+class VideoPredictionNetwork(nn.Module):
+    """Stacked recurrent blocks with skips and a 1x1 head; see the module docstring.
+
+    ``model(frames, future_frames=F)`` takes context frames ``[B, T, C, H, W]``
+    (values in [0, 1]) and returns the ``F`` predicted frames, unclamped.
+    """
+
+    def __init__(self, cfg: ModelConfig, image_channels: int = 1) -> None:
+        super().__init__()
+        self.config = cfg
+        self.image_channels = image_channels
+        self.cells = nn.ModuleDict()
+        widths = cfg.channels
+        for b, (layers, width) in enumerate(zip(cfg.blocks, widths)):
+            for l in range(layers):
+                if l > 0:
+                    in_ch = width
+                else:
+                    in_ch = image_channels if b == 0 else widths[b - 1]
+                    src = skip_source(b, cfg.skip_stride)
+                    if src is not None:
+                        in_ch += widths[src]
+                self.cells[f"b{b}l{l}"] = make_cell(cfg, in_ch, width)
+        head_in = widths[-1]
+        src = skip_source(len(widths), cfg.skip_stride)
+        if src is not None:
+            head_in += widths[src]
+        self.head = nn.Conv2d(head_in, image_channels, 1)
+
+    def set_ctt_form(self, form: Literal["sequential", "parallel"]) -> None:
+        """Switch every Conv-TT-LSTM cell between Algorithm 2 and Algorithm 1 (results are equal)."""
+        for cell in self.cells.values():
+            if isinstance(cell, ConvTTLSTMCell):
+                cell.tt.set_form(form)
+
+    def init_state(
+        self, batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> NetworkState:
+        """Zero state for every layer."""
+        ref = self.head.weight
+        device = device or ref.device
+        dtype = dtype or ref.dtype
+        return tuple(cell.init_state(batch, height, width, device, dtype) for cell in self.cells.values())
+
+    def step(self, frame: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
+        """Advance all layers by one time step: ``frame [B, C, H, W]`` -> next-frame prediction."""
+        cfg = self.config
+        cells = iter(self.cells.values())
+        states = iter(state)
+        new_state: list[CellState] = []
+        block_outputs: list[Tensor] = []
+        x = frame
+        for b, layers in enumerate(cfg.blocks):
+            src = skip_source(b, cfg.skip_stride) if b > 0 else None
+            if src is not None:
+                x = torch.cat([x, block_outputs[src]], dim=1)
+            for _ in range(layers):
+                x, s = next(cells)(x, next(states))
+                new_state.append(s)
+            block_outputs.append(x)
+        src = skip_source(len(cfg.blocks), cfg.skip_stride)
+        if src is not None:
+            x = torch.cat([x, block_outputs[src]], dim=1)
+        return self.head(x), tuple(new_state)
+
+    def rollout(
+        self,
+        frames: Tensor,
+        input_frames: int,
+        future_frames: int,
+        teacher_forcing: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Run ``input_frames + future_frames - 1`` steps; output t predicts frame t+1.
+
+        ``frames [B, T, C, H, W]`` holds at least the ``input_frames`` context frames;
+        where it also holds ground-truth futures, each later input is, per sample and
+        per step, the ground truth with probability ``teacher_forcing`` and the
+        previous prediction otherwise (scheduled sampling). A ``[B, F-1]`` boolean
+        tensor may be passed instead of a probability to fix the choices.
+        """
+        batch, _, _, height, width = frames.shape
+        steps = input_frames + future_frames - 1
+        use_truth = self._teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
+        state = self.init_state(batch, height, width, frames.device, frames.dtype)
+        outputs: list[Tensor] = []
+        for t in range(steps):
+            if t < input_frames:
+                x = frames[:, t]
+            else:
+                prev = outputs[-1]
+                x = prev if use_truth is None else torch.where(use_truth[:, t - input_frames, None, None, None], frames[:, t], prev)
+            y, state = self.step(x, state)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1)
+
+    @staticmethod
+    def _teacher_mask(
+        teacher_forcing: float | Tensor,
+        batch: int,
+        steps: int,
+        frames: Tensor,
+        input_frames: int,
+        generator: torch.Generator | None,
+    ) -> Tensor | None:
+        if isinstance(teacher_forcing, Tensor):
+            return teacher_forcing.to(device=frames.device, dtype=torch.bool)
+        if teacher_forcing <= 0.0 or steps <= 0:
+            return None
+        if frames.shape[1] < input_frames + steps:
+            raise ValueError("teacher forcing needs the ground-truth future frames in `frames`")
+        if teacher_forcing >= 1.0:
+            return torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
+        draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else frames.device)
+        return (draws < teacher_forcing).to(frames.device)
+
+    def forward(
+        self,
+        frames: Tensor,
+        future_frames: int = 10,
+        context_frames: int | None = None,
+        teacher_forcing: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Predict ``future_frames`` frames after the context in ``frames [B, T, C, H, W]``.
+
+        By default all T frames are context and the result is ``[B, F, C, H, W]``.
+        Training passes ``context_frames`` (I) and clips holding the future ground
+        truth; it then gets all ``I+F-1`` one-step outputs of :meth:`rollout`
+        (going through ``forward`` keeps DDP's gradient hooks in play).
+        """
+        if context_frames is not None:
+            return self.rollout(frames, context_frames, future_frames, teacher_forcing, generator)
+        context = frames.shape[1]
+        return self.rollout(frames, context, future_frames)[:, context - 1 :]

@@ -1,0 +1,229 @@
+"""The recipe schema shared by train, evaluate, predict and profile.
+
+A recipe is one YAML file with four sections (``model``, ``data``, ``train``,
+``eval``). It is validated strictly: unknown keys, wrong types and impossible
+values are rejected with one line naming the key. ``--set a.b=value`` overrides
+are applied to the raw mapping before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cttlstm_cli.errors import CttlstmError
+
+CellType = Literal["convttlstm", "convlstm", "convlstm_ttd"]
+CELL_NAMES: dict[str, str] = {
+    "convttlstm": "Conv-TT-LSTM",
+    "convlstm": "ConvLSTM",
+    "convlstm_ttd": "ConvLSTM (classic TTD)",
+}
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys are errors, and values are not silently coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The recurrent network (design §1-2)."""
+
+    cell: CellType = "convttlstm"
+    order: int = Field(3, ge=1, description="N, the tensor-train order")
+    steps: int = Field(3, ge=1, description="M, past hidden states fed to the CTT module (M >= N)")
+    rank: int = Field(8, ge=1, description="R, channels of every tensor-train core")
+    kernel: int = Field(5, ge=1, description="k, spatial kernel size (odd)")
+    blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3], min_length=1, description="layers per block")
+    channels: list[int] = Field(default_factory=lambda: [32, 48, 48, 32], min_length=1, description="hidden channels per block")
+    skip_stride: int | None = Field(2, ge=1, description="block p >= s+1 also takes block p-1-s's output; null: no skips")
+    tt_padding: Literal["composed", "stepwise"] = "composed"
+    ctt_form: Literal["auto", "sequential", "parallel"] = "auto"
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v % 2 != 1:
+            raise ValueError(f"must be odd for 'same' padding, got {v}")
+        return v
+
+    @field_validator("blocks", "channels")
+    @classmethod
+    def _positive_entries(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every entry must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.steps < self.order:
+            raise ValueError(f"model.steps (M={self.steps}) must be >= model.order (N={self.order})")
+        if self.cell == "convlstm_ttd" and self.order < 2:
+            raise ValueError("model.order must be >= 2 for convlstm_ttd (a spatial core plus channel cores)")
+        if len(self.blocks) != len(self.channels):
+            raise ValueError(f"model.blocks ({len(self.blocks)} blocks) and model.channels ({len(self.channels)} widths) differ in length")
+        return self
+
+
+class DataConfig(Section):
+    """Where the prepared shards live and how clips are cut from them."""
+
+    dataset: Literal["mmnist", "kth", "ssv2", "folder"] = "mmnist"
+    path: str = "data/mmnist"
+    frame_size: tuple[int, int] = (64, 64)
+    channels: int = Field(1, ge=1)
+    input_frames: int = Field(10, ge=1)
+    future_frames: int = Field(10, ge=1)
+    stride: int | None = Field(None, ge=1, description="frames between training windows; null: random offsets")
+    workers: int = Field(2, ge=0)
+
+    @field_validator("frame_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 1 or v[1] < 1:
+            raise ValueError(f"must be two positive integers [H, W], got {list(v)}")
+        return v
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per training clip: context plus targets."""
+        return self.input_frames + self.future_frames
+
+
+class ScheduledSampling(Section):
+    """Ground-truth ratio: 1.0 until validation plateaus, then a linear decay to 0."""
+
+    start: float = Field(1.0, ge=0.0, le=1.0)
+    patience: int = Field(20, ge=0, description="epochs without improvement before the decay starts")
+    decay: float = Field(0.004, ge=0.0, description="ratio subtracted per epoch once decaying")
+
+
+class LRDecay(Section):
+    """After a further plateau, multiply the learning rate by ``factor`` every ``every`` epochs."""
+
+    patience: int = Field(20, ge=0)
+    factor: float = Field(0.98, gt=0.0, le=1.0)
+    every: int = Field(5, ge=1)
+
+
+class TrainConfig(Section):
+    """The paper's training recipe (design §3)."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(500, ge=1)
+    epoch_clips: int = Field(10_000, ge=1, description="clips per 'epoch' (the paper's 10,000)")
+    val_clips: int | None = Field(None, ge=1, description="validation clips per epoch; null: the whole split")
+    grad_clip: float | None = Field(3.0, gt=0.0, description="max gradient norm; null: no clipping")
+    scheduled_sampling: ScheduledSampling = Field(default_factory=ScheduledSampling)
+    lr_decay: LRDecay = Field(default_factory=LRDecay)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
+    log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
+
+
+class EvalConfig(Section):
+    """What ``cttlstm evaluate`` reports by default."""
+
+    future_frames: list[int] = Field(default_factory=lambda: [10, 30], min_length=1)
+    metrics: list[Literal["mse", "mae", "psnr", "ssim", "lpips"]] = Field(
+        default_factory=lambda: ["mse", "psnr", "ssim", "lpips"], min_length=1
+    )
+    convention: Literal["paper", "openstl", "standard"] = "paper"
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("future_frames")
+    @classmethod
+    def _positive_future(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every entry must be >= 1, got {v}")
+        return v
+
+
+class Recipe(Section):
+    """A whole recipe file."""
+
+    name: str = "recipe"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-safe data (tuples become lists)."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    where = f"{source}: " if source else ""
+    if loc and not msg.startswith(loc.split(".")[0] + "."):
+        got = first.get("input")
+        shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        return f"{where}{loc}: {msg}{shown}"
+    return f"{where}{msg}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into a key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CttlstmError(f"--set expects KEY=VALUE (for example train.lr=1e-4), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw recipe mapping (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CttlstmError(f"--set {text}: {'.'.join(path[:-1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = None) -> Recipe:
+    """Validate a raw mapping (plus overrides) into a :class:`Recipe`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CttlstmError(f"{source or 'recipe'}: expected a mapping of sections, got {type(raw).__name__}")
+    apply_overrides(raw, overrides or [])
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise CttlstmError(_format_error(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file. The recipe name defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CttlstmError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CttlstmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, str(path), overrides)

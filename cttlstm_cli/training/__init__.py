@@ -1,0 +1,1 @@
+"""Training: the loss, optimizer step and (later) the full training loop."""

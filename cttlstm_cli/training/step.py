@@ -1,0 +1,71 @@
+"""One optimizer step of the paper's recipe, shared by ``train`` and ``profile``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cttlstm_cli.recipe import Recipe
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
+    """Mean L1 plus mean squared error over every predicted pixel (paper §4)."""
+    return F.l1_loss(predictions, targets) + F.mse_loss(predictions, targets)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW from the recipe; the fused CUDA kernel where available (what apex's FusedAdam gave)."""
+    cfg = recipe.train
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = device.type == "cuda"
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """torch.amp autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision]):
+        yield
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    clips: Tensor,
+    recipe: Recipe,
+    teacher_forcing: float | Tensor,
+    scaler: torch.amp.GradScaler | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Forward all ``I+F-1`` steps, backward the loss over every prediction, clip, step.
+
+    ``clips [B, I+F, C, H, W]`` in [0, 1]. Returns the (detached) loss.
+    """
+    data, train = recipe.data, recipe.train
+    device = clips.device
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(train.precision, device):
+        outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
+        loss = prediction_loss(outputs.float(), clips[:, 1:].float())
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if train.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()

@@ -1,0 +1,118 @@
+"""Checkpoint I/O: our format, and the authors' released layouts (design §7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cttlstm_cli import load_model
+from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.models import build_model
+from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
+from cttlstm_cli.recipe import ModelConfig, Recipe
+
+SMALL = dict(blocks=[2, 1, 1, 2], channels=[4, 6, 6, 4], rank=3, kernel=3)
+
+
+def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Write our network's weights under the authors' key names (design §7)."""
+    cfg = model.config
+    out = {}
+    for name, cell in model.cells.items():
+        base = f"{prefix}layers.{name}."
+        if cfg.cell == "convlstm":
+            out[base + "conv.weight"] = cell.gates.weight
+            out[base + "conv.bias"] = cell.gates.bias
+            continue
+        n = cfg.order
+        for j, core in enumerate(cell.tt.cores):
+            out[base + f"layers.{j}.weight"] = core.weight
+            out[base + f"layers.{j}.bias"] = core.bias
+        out[base + f"layers.{n - 1}.weight"] = cell.gates.weight
+        out[base + f"layers.{n - 1}.bias"] = cell.gates.bias
+        for i, conv in enumerate(cell.tt.preprocess):
+            w = conv.weight
+            if layout == "conv3d":  # [R, K*C_h, k, k] -> [R, C_h, k, k, K], time last, oldest first
+                k_win = cell.tt.window
+                w = w.reshape(w.shape[0], k_win, -1, w.shape[2], w.shape[3]).permute(0, 2, 3, 4, 1)
+            out[base + f"layers_.{i}.weight"] = w
+            out[base + f"layers_.{i}.bias"] = conv.bias
+    out[prefix + "layers.output.weight"] = model.head.weight
+    out[prefix + "layers.output.bias"] = model.head.bias
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
+@pytest.mark.parametrize("layout", ["conv3d", "conv2d"])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell="convttlstm", order=3, steps=4, tt_padding="stepwise", **SMALL)
+    model = build_model(cfg)
+    path = tmp_path / "convttlstm-mnist.pt"
+    torch.save({"epoch": 7, "model_state_dict": authors_state_dict(model, layout, prefix)}, path)
+    loaded = load_model(path)
+    assert not loaded.training
+    got = loaded.config
+    assert (got.order, got.steps, got.rank, got.kernel, got.blocks, got.channels, got.skip_stride) == (3, 4, 3, 3, [2, 1, 1, 2], [4, 6, 6, 4], 2)
+    assert got.tt_padding == "stepwise"  # the authors' border behaviour
+    frames = torch.rand(2, 3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames, future_frames=2), model(frames, future_frames=2))
+
+
+def test_import_authors_convlstm(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(cell="convlstm", **SMALL), image_channels=3)
+    path = tmp_path / "convlstm.pt"
+    torch.save({"model_state_dict": authors_state_dict(model, "conv2d")}, path)
+    loaded = load_model(path)
+    assert loaded.config.cell == "convlstm" and loaded.image_channels == 3
+    frames = torch.rand(1, 3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames, 2), model(frames, 2))
+
+
+def test_roundtrip_own_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    recipe = Recipe(model=ModelConfig(cell="convlstm_ttd", **SMALL))
+    model = build_model(recipe.model)
+    save_checkpoint(tmp_path / "run" / "best.pt", model, recipe, epoch=3)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt"]  # no temporary left
+    loaded, stored = load_model_and_recipe(tmp_path / "run" / "best.pt")
+    assert stored == recipe
+    frames = torch.rand(1, 2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "run")(frames, 2), model(frames, 2))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"model_state_dict": {}, "payload": Evil()}, path, )
+    with pytest.raises(CttlstmError, match="refused to load"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [(b"", "not a readable"), (b"garbage" * 10, "not a readable"), (None, "not found")],
+)
+def test_broken_checkpoints(tmp_path: Path, content: bytes | None, match: str) -> None:
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CttlstmError, match=match):
+        load_model(path)
+
+
+def test_unrelated_state_dict_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(CttlstmError, match="not a cttlstm or Conv-TT-LSTM checkpoint"):
+        load_model(path)

@@ -1,0 +1,84 @@
+"""``cttlstm profile``: parameters, FLOPs (analytic == counted, close to the paper) and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cttlstm_cli.models import build_model
+from cttlstm_cli.profiling import analytic_macs, counted_macs
+from cttlstm_cli.recipe import ModelConfig
+
+from conftest import RECIPES
+
+# Paper Table 2 / design §6: multiplications for one-step prediction per sample.
+PAPER_GFLOPS = {("convttlstm", 64): 10.76, ("convttlstm", 120): 37.83, ("convlstm", 64): 15.88, ("convlstm", 120): 55.83}
+
+
+@pytest.mark.parametrize("cell,size", list(PAPER_GFLOPS))
+def test_flops_match_paper_within_3_percent(cell: str, size: int) -> None:
+    macs = analytic_macs(ModelConfig(cell=cell), 1, size, size)
+    assert abs(macs / 1e9 / PAPER_GFLOPS[cell, size] - 1) < 0.03
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(cell="convttlstm"),
+        dict(cell="convttlstm", tt_padding="stepwise"),
+        dict(cell="convttlstm", ctt_form="parallel"),
+        dict(cell="convttlstm", order=2, steps=4, rank=4, kernel=3),
+        dict(cell="convlstm"),
+        dict(cell="convlstm_ttd"),
+    ],
+)
+def test_analytic_flops_equal_torch_flop_counter(cfg: dict) -> None:
+    config = ModelConfig(**cfg)
+    model = build_model(config, image_channels=1)
+    assert analytic_macs(config, 1, 24, 20) == counted_macs(model, 24, 20)
+
+
+def test_profile_json(cli) -> None:
+    result = cli("profile", RECIPES / "mmnist.yaml", RECIPES / "mmnist-convlstm.yaml", RECIPES / "kth.yaml", "--no-time", "--json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)
+    assert [r["recipe"] for r in rows] == ["mmnist", "mmnist-convlstm", "kth"]
+    assert [r["params"] for r in rows] == [2_687_281, 3_973_201, 2_687_281]
+    assert all(r["epoch_seconds"] is None for r in rows)
+    assert abs(rows[0]["flops_per_step"] / 10.76e9 - 1) < 0.03
+    assert abs(rows[1]["flops_per_step"] / 15.88e9 - 1) < 0.03
+    # FLOPs scale with frame area: 128^2 is (128/120)^2 times the paper's 120^2 figure.
+    assert abs(rows[2]["flops_per_step"] / (37.83e9 * (128 / 120) ** 2) - 1) < 0.03
+
+
+def test_profile_times_an_epoch(cli) -> None:
+    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--steps", "1")
+    assert result.code == 0, result.err
+    (row,) = json.loads(result.out)
+    assert row["step_seconds"] > 0
+    # 64 clips per epoch in the smoke recipe, at batch 2: 32 steps.
+    assert row["epoch_seconds"] == pytest.approx(row["step_seconds"] * 32)
+    assert row["peak_memory_bytes"] > 0
+
+
+def test_profile_table_and_overrides(cli) -> None:
+    result = cli("profile", "smoke", "--no-time", "--set", "model.cell=convlstm")
+    assert result.code == 0, result.err
+    assert "ConvLSTM" in result.out and "parameters" in result.out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["profile", "nope.yaml"], "error: recipe not found: nope.yaml"),
+        (["profile", "smoke", "--set", "model.steps=0"], "error: "),
+        (["profile", "smoke", "--device", "cuda:7"], "error: device 'cuda:7'"),
+        (["profile", "smoke", "--batch-size", "zero"], "error: Invalid value for '--batch-size'"),
+    ],
+)
+def test_profile_bad_input_is_one_line(cli, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.code == 2
+    assert result.err.startswith(message)
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
