@@ -41,9 +41,9 @@ def _root(
     """Convolutional Tensor-Train LSTM toolkit."""
 
 
-from cttlstm_cli.cli import profile as _profile  # noqa: E402  (registers commands on `app`)
-
-del _profile
+# Importing a command module registers its command on `app`.
+from cttlstm_cli.cli import profile as _profile  # noqa: E402,F401
+from cttlstm_cli.cli import train as _train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

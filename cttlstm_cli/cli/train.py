@@ -1,0 +1,115 @@
+"""``cttlstm train``: the paper's training on one CPU, one GPU or many GPUs (torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cttlstm_cli.cli import app
+from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, resolve_recipe_path
+
+
+class TrainProgress:
+    """A rich progress bar over all optimizer steps of the run, with loss, lr, clips/s and ETA."""
+
+    def __init__(self, trainer: Any) -> None:
+        per_epoch = trainer.steps_per_epoch()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  tf {task.fields[tf]}  {task.fields[speed]} clips/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(
+            f"epoch {trainer.epoch + 1}/{trainer.recipe.train.epochs}",
+            total=per_epoch * trainer.recipe.train.epochs,
+            completed=trainer.step,
+            loss="-",
+            lr=f"{trainer.recipe.train.lr * trainer.schedule.lr_scale:.2e}",
+            tf=f"{trainer.schedule.ratio:.2f}",
+            speed="-",
+        )
+        self.progress.start()
+
+    def update(self, trainer: Any, record: dict[str, Any] | None) -> None:
+        fields: dict[str, Any] = {"description": f"epoch {trainer.epoch + 1}/{trainer.recipe.train.epochs}"}
+        if record is not None:
+            fields.update(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{record['lr']:.2e}",
+                tf=f"{record['teacher_forcing']:.2f}",
+                speed=f"{record['clips_per_s']:.1f}" if record.get("clips_per_s") else "-",
+            )
+        self.progress.update(self.task, completed=trainer.step, **fields)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  cttlstm train recipes/mmnist.yaml                  (prepares Moving-MNIST on first use)\n\n"
+        "  cttlstm train smoke --out runs/smoke --device cpu\n\n"
+        "  cttlstm train kth --set train.precision=bf16 --set train.batch_size=16\n\n"
+        "  cttlstm train mmnist --out runs/mmnist-1 --resume\n\n"
+        "  torchrun --nproc-per-node 8 -m cttlstm_cli train recipes/kth.yaml --out runs/kth-ddp"
+    )
+)
+def train(
+    recipe: str = typer.Argument(..., help="Recipe file or bundled name (mmnist, kth, smoke, ...)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe>-<timestamp>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (default: the newest run of this recipe)."),
+    device: str = DEVICE_OPTION,
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps (for trials)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Train a model: 10 -> 10 prediction on 20-frame clips, L1 + MSE over all predictions.
+
+    Adam(W) with gradient-norm clipping, scheduled sampling with the paper's plateau
+    schedule, validation every epoch, best.pt chosen on validation loss. Checkpoints
+    (last.pt, best.pt) are written atomically; Ctrl-C saves and exits, --resume
+    continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
+    writes files.
+    """
+    from cttlstm_cli.training.data import open_training_data
+    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.recipe import load_recipe
+    from cttlstm_cli.training.trainer import Trainer, default_run_dir, newest_run_dir
+
+    cfg = load_recipe(resolve_recipe_path(recipe), overrides or [])
+    if out is None:
+        out = newest_run_dir(cfg) if resume else default_run_dir(cfg)
+        if out is None:
+            from cttlstm_cli.errors import CttlstmError
+
+            raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
+    dev = resolve_device(device)
+    train_set, val_set = open_training_data(cfg, console=console)
+    trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=console.print)
+    if trainer.dist.is_main:
+        where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
+        console.print(f"[bold]{cfg.name}[/]: {where}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}")
+    result = trainer.fit(max_steps=max_steps)
+    if not trainer.dist.is_main:
+        return
+    if result.interrupted:
+        raise typer.Exit(130)
+    lines = [
+        f"epochs {result.epochs}, optimizer steps {result.steps}",
+        f"best validation loss {result.best_val_loss:.5f} (epoch {result.best_epoch + 1})" if result.best_epoch >= 0 else "no validation yet",
+        f"checkpoints: {trainer.run.best} (best), {trainer.run.last} (last)",
+        f"log: {trainer.run.metrics}",
+        f"next: cttlstm evaluate {result.run_dir}",
+    ]
+    console.print(Panel("\n".join(lines), title=f"trained {cfg.name}", expand=False))

@@ -1,0 +1,482 @@
+"""The training loop: one CPU, one GPU, or many GPUs under torchrun (DDP).
+
+A run directory holds the resolved ``recipe.yaml``, ``last.pt`` (plus the previous
+good ``previous.pt``), ``best.pt`` (chosen on validation loss, never test data),
+``metrics.jsonl`` and, when tensorboard is installed, event files. Checkpoints are
+written atomically every ``train.checkpoint_every`` optimizer steps, at every epoch
+end and on Ctrl-C; ``resume=True`` continues exactly where ``last.pt`` left off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.models import build_model
+from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint, unwrap
+from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.training.schedule import PlateauSchedule
+from cttlstm_cli.training.step import autocast, make_optimizer, prediction_loss, train_step
+
+#: recipe keys that may change on --resume without making it another run
+RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
+
+
+@dataclass
+class RunDir:
+    """The files of one training run."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run reports."""
+
+    run_dir: Path
+    epochs: int
+    steps: int
+    best_val_loss: float
+    best_epoch: int
+    interrupted: bool = False
+    resumed_from: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
+    """``runs/<recipe>-<YYYYmmdd-HHMMSS>``."""
+    return root / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
+    """The most recent ``runs/<recipe>-*`` holding a checkpoint, for ``--resume`` without ``--out``."""
+    runs = [p for p in root.glob(f"{recipe.name}-*") if (p / "last.pt").exists() or (p / "previous.pt").exists()]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def recipe_difference(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
+    """First key (dotted) whose value differs, ignoring :data:`RESUMABLE_CHANGES`."""
+    for key in sorted(set(stored) | set(current)):
+        path = f"{prefix}{key}"
+        if path in RESUMABLE_CHANGES:
+            continue
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = recipe_difference(a, b, path + ".")
+            if found:
+                return found
+        elif a != b:
+            return path
+    return None
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    """Rank layout of this process (world size 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            values = values.to(self.device)
+            dist.all_reduce(values)
+        return values.cpu()
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(device=device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=rank, world=world, device=device)
+
+
+# --------------------------------------------------------------------------- random state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator this process uses, as tensors and plain data."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or -1],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((3, tuple(int(x) for x in py[:-1]), None if py[-1] == -1 else float(py[-1])))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Scheduled-sampling draws of optimizer step ``step``: a pure function of (seed, step),
+    so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Train ``recipe`` into ``run_dir``; see the module docstring."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        device: torch.device,
+        train_set: Dataset,
+        val_set: Dataset,
+        resume: bool = False,
+        progress: Callable[[Trainer], Any] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.recipe = recipe
+        self.run = RunDir(Path(run_dir))
+        self.dist = setup_distributed(device)
+        self.device = self.dist.device
+        self.train_set, self.val_set = train_set, val_set
+        self.log = log if self.dist.is_main else (lambda _msg: None)
+        self.progress_factory = progress
+        cfg = recipe.train
+        seed_everything(cfg.seed)
+        net = build_model(recipe.model, recipe.data.channels).to(self.device)
+        self.net = net
+        self.model: nn.Module = net
+        if self.dist.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = make_optimizer(net, recipe, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.schedule = PlateauSchedule.from_config(cfg)
+        self.epoch, self.step, self.position = 0, 0, 0
+        self.resumed_from: Path | None = None
+        self.notes: list[str] = []
+        self._tensorboard = None
+        self._prepare_run_dir(resume)
+
+    # -- run directory -------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        run = self.run
+        current = self.recipe.to_dict()
+        if resume:
+            if not run.recipe.is_file():
+                raise CttlstmError(f"--resume: {run.root} holds no run (no recipe.yaml)")
+            stored = yaml.safe_load(run.recipe.read_text()) or {}
+            diff = recipe_difference(stored, current)
+            if diff:
+                raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")
+            self._load_last()
+            return
+        if run.root.exists() and any(p.exists() for p in (run.recipe, run.last, run.previous, run.best)):
+            raise CttlstmError(f"--out {run.root} already holds a run; pass --resume to continue it or choose another --out")
+        if self.dist.is_main:
+            run.root.mkdir(parents=True, exist_ok=True)
+            tmp = run.recipe.with_name(".recipe.yaml.tmp")
+            tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+            os.replace(tmp, run.recipe)
+        self.dist.barrier()
+
+    def _load_last(self) -> None:
+        data = None
+        for path in (self.run.last, self.run.previous):
+            if not path.exists():
+                continue
+            try:
+                data = read_checkpoint(path)
+                if data.get("format") != CHECKPOINT_FORMAT or "optimizer" not in data:
+                    raise CttlstmError(f"{path}: not a training checkpoint")
+            except CttlstmError as err:
+                self.notes.append(f"{path.name} is unusable ({err}); falling back to the previous checkpoint")
+                self.log(f"warning: {self.notes[-1]}")
+                data = None
+                continue
+            self.resumed_from = path
+            break
+        if data is None:
+            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} (last.pt and previous.pt missing or corrupt)")
+        self.net.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        if self.scaler is not None and data.get("scaler"):
+            self.scaler.load_state_dict(data["scaler"])
+        self.schedule.load_state_dict(data["schedule"])
+        self.epoch, self.step, self.position = int(data["epoch"]), int(data["step"]), int(data["position"])
+        set_rng_state(data["rng"])
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
+        if not self.dist.is_main or not self.run.metrics.exists():
+            return
+        keep = [ln for ln in self.run.metrics.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.run.metrics.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.run.metrics)
+
+    def save(self, path: Path | None = None) -> None:
+        """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``."""
+        if not self.dist.is_main:
+            return
+        extra = dict(
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            schedule=self.schedule.state_dict(),
+            epoch=self.epoch,
+            step=self.step,
+            position=self.position,
+            rng=rng_state(),
+        )
+        if path is None:
+            path = self.run.last
+            if path.exists():
+                os.replace(path, self.run.previous)
+        save_checkpoint(path, self.net, self.recipe, **extra)
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with self.run.metrics.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self._tensorboard.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
+
+    def _open_tensorboard(self) -> None:
+        if not self.dist.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self._tensorboard = SummaryWriter(str(self.run.root))
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, batch: int, start_batch: int = 0, drop_last: bool = True) -> DataLoader:
+        # Rank-strided indices, minus the batches already done this epoch: resuming mid-epoch
+        # sees exactly the batches an uninterrupted run would.
+        indices = list(range(len(dataset)))[self.dist.rank :: self.dist.world]  # type: ignore[arg-type]
+        indices = indices[start_batch * batch :]
+        workers = self.recipe.data.workers
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=indices,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=False,
+        )
+
+    def steps_per_epoch(self) -> int:
+        per_rank = len(range(self.dist.rank, len(self.train_set), self.dist.world))  # type: ignore[arg-type]
+        return per_rank // self.recipe.train.batch_size
+
+    # -- training ------------------------------------------------------------------------------
+
+    def validate(self) -> float:
+        """Mean prediction loss on the validation split, predicting freely (no ground truth fed back)."""
+        data = self.recipe.data
+        self.model.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for clips in self._loader(self.val_set, self.recipe.eval.batch_size, drop_last=False):
+                clips = _frames(clips).to(self.device, non_blocking=True)
+                with autocast(self.recipe.train.precision, self.device):
+                    out = self.model(clips, data.future_frames, data.input_frames, 0.0)
+                    loss = prediction_loss(out.float(), clips[:, 1:].float())
+                totals += torch.tensor([loss.item() * clips.shape[0], clips.shape[0]], dtype=torch.float64)
+        totals = self.dist.all_sum(totals)
+        self.model.train()
+        if totals[1] == 0:
+            raise CttlstmError("the validation split yields no clips; prepare more validation data or lower data.input_frames/future_frames")
+        return float(totals[0] / totals[1])
+
+    def fit(self, max_steps: int | None = None) -> TrainResult:
+        """Train until ``train.epochs`` (or ``max_steps`` optimizer steps, for tests)."""
+        cfg = self.recipe.train
+        steps_per_epoch = self.steps_per_epoch()
+        if steps_per_epoch == 0:
+            raise CttlstmError(f"train.epoch_clips ({cfg.epoch_clips}) is smaller than one batch per process ({cfg.batch_size} x {self.dist.world})")
+        self._open_tensorboard()
+        self.model.train()
+        interrupted = False
+        bar = self.progress_factory(self) if (self.progress_factory and self.dist.is_main) else None
+        try:
+            while self.epoch < cfg.epochs:
+                if max_steps is not None and self.step >= max_steps:
+                    break
+                self._train_epoch(steps_per_epoch, bar, max_steps)
+                if max_steps is not None and self.position < steps_per_epoch:
+                    break
+                self._end_epoch()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.save()
+            self.log(f"interrupted: saved {self.run.last} at step {self.step}; continue with --resume")
+        finally:
+            if bar is not None:
+                bar.close()
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+        if not interrupted:
+            self.save()
+        return TrainResult(
+            run_dir=self.run.root,
+            epochs=self.epoch,
+            steps=self.step,
+            best_val_loss=self.schedule.best_loss,
+            best_epoch=self.schedule.best_epoch,
+            interrupted=interrupted,
+            resumed_from=self.resumed_from,
+            notes=self.notes,
+        )
+
+    def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
+        cfg = self.recipe.train
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        lr = cfg.lr * self.schedule.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        window_start, window_clips = time.perf_counter(), 0
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+        for clips in self._loader(self.train_set, cfg.batch_size, start_batch=self.position):
+            clips = _frames(clips).to(self.device, non_blocking=True)
+            gen = step_generator(cfg.seed + self.dist.rank, self.step)
+            loss = train_step(self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen)
+            self.step += 1
+            self.position += 1
+            loss_sum += loss.double().cpu()
+            loss_count += 1
+            window_clips += clips.shape[0] * self.dist.world
+            if self.step % cfg.log_every == 0 or self.position == steps_per_epoch:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "kind": "train",
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "loss": float(loss_sum / loss_count),
+                    "lr": lr,
+                    "teacher_forcing": self.schedule.ratio,
+                    "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
+                }
+                self.write_metrics(record)
+                if bar is not None:
+                    bar.update(self, record)
+                window_start, window_clips = time.perf_counter(), 0
+                loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+            elif bar is not None:
+                bar.update(self, None)
+            if self.step % cfg.checkpoint_every == 0:
+                self.save()
+            if max_steps is not None and self.step >= max_steps:
+                return
+
+    def _end_epoch(self) -> None:
+        val_loss = self.validate()
+        improved = self.schedule.end_epoch(self.epoch, val_loss, self.recipe.train)
+        self.epoch += 1
+        self.position = 0
+        self.write_metrics(
+            {
+                "kind": "val",
+                "step": self.step,
+                "epoch": self.epoch - 1,
+                "val_loss": val_loss,
+                "best_val_loss": self.schedule.best_loss,
+                "teacher_forcing": self.schedule.ratio,
+                "lr_scale": self.schedule.lr_scale,
+            }
+        )
+        if improved:
+            self.save(self.run.best)
+        self.save()
+
+
+def _frames(batch: Any) -> torch.Tensor:
+    """The clip tensor of a batch (datasets with labels yield dicts or tuples)."""
+    if isinstance(batch, dict):
+        return batch["frames"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+def iterate_json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a ``metrics.jsonl``."""
+    for line in path.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)
+
