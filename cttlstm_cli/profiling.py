@@ -41,15 +41,19 @@ def _tt_kernel_macs(layer: TTConv2d) -> int:
 
 def analytic_macs(cfg: ModelConfig, image_channels: int, height: int, width: int) -> int:
     """Multiply-accumulates of one network step for one sample, from the configuration alone."""
-    area, k2 = height * width, cfg.kernel**2
     total = 0
+    enc = cfg.encoder_channels
+    for i, (c_in, c_out) in enumerate(zip([image_channels, *enc], enc), start=1):
+        total += (height >> i) * (width >> i) * c_in * c_out * 16  # 4x4 stride-2 convs
+    height, width = height >> len(enc), width >> len(enc)
+    area, k2 = height * width, cfg.kernel**2
     widths = cfg.channels
     for b, (layers, hidden) in enumerate(zip(cfg.blocks, widths)):
         for l in range(layers):
             if l > 0:
                 c_in = hidden
             else:
-                c_in = image_channels if b == 0 else widths[b - 1]
+                c_in = (enc[-1] if enc else image_channels) if b == 0 else widths[b - 1]
                 src = skip_source(b, cfg.skip_stride)
                 c_in += widths[src] if src is not None else 0
             if cfg.cell == "convlstm":
@@ -64,8 +68,12 @@ def analytic_macs(cfg: ModelConfig, image_channels: int, height: int, width: int
                 total += area * 4 * hidden * (c_in + r) * k2  # gates
                 total += _ctt_core_macs(cfg, height, width)
     src = skip_source(len(widths), cfg.skip_stride)
-    total += area * image_channels * (widths[-1] + (widths[src] if src is not None else 0))
-    return total
+    features = widths[-1] + (widths[src] if src is not None else 0)
+    for i, c_out in enumerate(reversed(enc)):  # transposed convs: every input pixel meets a 4x4 kernel
+        total += (height << i) * (width << i) * features * c_out * 16
+        features = c_out
+    full = (height << len(enc)) * (width << len(enc))
+    return total + full * image_channels * features
 
 
 def _ctt_core_macs(cfg: ModelConfig, height: int, width: int) -> int:

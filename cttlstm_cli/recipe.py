@@ -43,6 +43,10 @@ class ModelConfig(Section):
     skip_stride: int | None = Field(2, ge=1, description="block p >= s+1 also takes block p-1-s's output; null: no skips")
     tt_padding: Literal["composed", "stepwise"] = "composed"
     ctt_form: Literal["auto", "sequential", "parallel"] = "auto"
+    encoder_channels: list[int] = Field(
+        default_factory=list, description="stride-2 conv encoder (mirrored by the decoder) around the recurrent stack; [] for none"
+    )
+    classes: int | None = Field(None, ge=2, description="attach the activity classifier with this many classes")
 
     @field_validator("kernel")
     @classmethod
@@ -51,7 +55,7 @@ class ModelConfig(Section):
             raise ValueError(f"must be odd for 'same' padding, got {v}")
         return v
 
-    @field_validator("blocks", "channels")
+    @field_validator("blocks", "channels", "encoder_channels")
     @classmethod
     def _positive_entries(cls, v: list[int]) -> list[int]:
         if any(x < 1 for x in v):
@@ -79,6 +83,9 @@ class DataConfig(Section):
     input_frames: int = Field(10, ge=1)
     future_frames: int = Field(10, ge=1)
     stride: int | None = Field(None, ge=1, description="frames between training windows; null: random offsets")
+    observed_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="activity recognition: the fraction of each video the model sees (0.25 or 0.5 in the paper)"
+    )
     workers: int = Field(2, ge=0)
 
     @field_validator("frame_size")
@@ -126,6 +133,7 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     seed: int = 0
+    prediction_weight: float = Field(1.0, ge=0.0, description="lambda in lambda * L_prediction + cross-entropy (classifier models)")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
 

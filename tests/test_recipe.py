@@ -12,7 +12,7 @@ from cttlstm_cli.recipe import load_recipe
 from conftest import RECIPES
 
 
-@pytest.mark.parametrize("name", ["mmnist", "mmnist-convlstm", "kth", "kth-convlstm", "smoke"])
+@pytest.mark.parametrize("name", ["mmnist", "mmnist-convlstm", "kth", "kth-convlstm", "smoke", "ssv2", "ssv2-convlstm"])
 def test_bundled_recipes_validate(name: str) -> None:
     recipe = load_recipe(RECIPES / f"{name}.yaml")
     assert recipe.name == name

@@ -163,3 +163,28 @@ def test_ddp_two_processes_on_gloo(tmp_path: Path) -> None:
     assert written["step"] == 8
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len([ln for ln in lines if '"val"' in ln]) == 2  # rank 0 alone writes the log
+
+
+def test_activity_classifier_shapes_and_loss() -> None:
+    from cttlstm_cli.training.step import model_loss
+
+    recipe = load_recipe(
+        RECIPES / "ssv2.yaml",
+        ["model.blocks=[1,1]", "model.channels=[8,8]", "model.encoder_channels=[4,8]", "model.classes=5", "data.input_frames=3", "data.future_frames=2"],
+    )
+    torch.manual_seed(0)
+    model = build_model(recipe.model, image_channels=3)
+    assert model.cells["b0l0"].in_channels == 8  # the encoder's output, at 1/4 resolution
+    clips = torch.rand(4, 5, 3, 32, 24)
+    outputs, logits = model(clips, 2, 3, 0.0, classify=True)
+    assert outputs.shape == (4, 4, 3, 32, 24) and logits.shape == (4, 5)
+    labels = torch.tensor([0, 1, 2, 4])
+    with torch.no_grad():
+        pred_only = model_loss(model, clips, recipe, 0.0)
+        total = model_loss(model, clips, recipe, 0.0, labels=labels)
+        ce = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(total, recipe.train.prediction_weight * pred_only + ce)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = [float(train_step(model, opt, clips, recipe, 0.0, labels=labels)) for _ in range(8)]
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in model.classifier.parameters())

@@ -1,5 +1,10 @@
 """The 12-layer video-prediction network (design §2) and its rollout.
 
+For early activity recognition (paper §4) the same class adds a stride-2 conv
+encoder and a mirrored transposed-conv decoder around the recurrent stack
+(``encoder_channels``) and an activity classifier (``classes``): two stride-2 convs
+and one fully-connected layer on the last recurrent layer's output.
+
 Layers are named ``b{block}l{layer}``. With the default ``skip_stride=2`` and four
 blocks, block 3's first layer takes ``[block 2 ; block 0]`` and the 1x1 output head
 takes ``[block 3 ; block 1]``. The head has no sigmoid: raw outputs are fed back
@@ -49,12 +54,21 @@ class VideoPredictionNetwork(nn.Module):
         self.image_channels = image_channels
         self.cells = nn.ModuleDict()
         widths = cfg.channels
+        enc = cfg.encoder_channels
+        self.encoder = nn.Sequential(
+            *(
+                layer
+                for c_in, c_out in zip([image_channels, *enc], enc)
+                for layer in (nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
+            )
+        )
+        stack_in = enc[-1] if enc else image_channels
         for b, (layers, width) in enumerate(zip(cfg.blocks, widths)):
             for l in range(layers):
                 if l > 0:
                     in_ch = width
                 else:
-                    in_ch = image_channels if b == 0 else widths[b - 1]
+                    in_ch = stack_in if b == 0 else widths[b - 1]
                     src = skip_source(b, cfg.skip_stride)
                     if src is not None:
                         in_ch += widths[src]
@@ -63,7 +77,31 @@ class VideoPredictionNetwork(nn.Module):
         src = skip_source(len(widths), cfg.skip_stride)
         if src is not None:
             head_in += widths[src]
-        self.head = nn.Conv2d(head_in, image_channels, 1)
+        dec = list(reversed(enc))
+        self.decoder = nn.Sequential(
+            *(
+                layer
+                for c_in, c_out in zip([head_in, *dec], dec)
+                for layer in (nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2))
+            )
+        )
+        self.head = nn.Conv2d(dec[-1] if dec else head_in, image_channels, 1)
+        self.classifier: nn.Module | None = None
+        if cfg.classes is not None:
+            self.classifier = nn.Sequential(
+                nn.Conv2d(widths[-1], 64, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(64, 128, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(128, cfg.classes),
+            )
+
+    @property
+    def downsampling(self) -> int:
+        """Frame size / recurrent-state size (2 per encoder layer)."""
+        return 2 ** len(self.config.encoder_channels)
 
     def set_ctt_form(self, form: Literal["sequential", "parallel"]) -> None:
         """Switch every Conv-TT-LSTM cell between Algorithm 2 and Algorithm 1 (results are equal)."""
@@ -74,10 +112,11 @@ class VideoPredictionNetwork(nn.Module):
     def init_state(
         self, batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> NetworkState:
-        """Zero state for every layer."""
+        """Zero state for every layer (``height``/``width`` of the frames)."""
         ref = self.head.weight
         device = device or ref.device
         dtype = dtype or ref.dtype
+        height, width = height // self.downsampling, width // self.downsampling
         return tuple(cell.init_state(batch, height, width, device, dtype) for cell in self.cells.values())
 
     def step(self, frame: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
@@ -87,7 +126,7 @@ class VideoPredictionNetwork(nn.Module):
         states = iter(state)
         new_state: list[CellState] = []
         block_outputs: list[Tensor] = []
-        x = frame
+        x = self.encoder(frame)
         for b, layers in enumerate(cfg.blocks):
             src = skip_source(b, cfg.skip_stride) if b > 0 else None
             if src is not None:
@@ -99,7 +138,13 @@ class VideoPredictionNetwork(nn.Module):
         src = skip_source(len(cfg.blocks), cfg.skip_stride)
         if src is not None:
             x = torch.cat([x, block_outputs[src]], dim=1)
-        return self.head(x), tuple(new_state)
+        return self.head(self.decoder(x)), tuple(new_state)
+
+    def classify(self, state: NetworkState) -> Tensor:
+        """Activity logits from the last recurrent layer's newest hidden state."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (model.classes is not set)")
+        return self.classifier(state[-1][-1])
 
     def rollout(
         self,
@@ -108,7 +153,8 @@ class VideoPredictionNetwork(nn.Module):
         future_frames: int,
         teacher_forcing: float | Tensor = 0.0,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, NetworkState]:
         """Run ``input_frames + future_frames - 1`` steps; output t predicts frame t+1.
 
         ``frames [B, T, C, H, W]`` holds at least the ``input_frames`` context frames;
@@ -130,6 +176,8 @@ class VideoPredictionNetwork(nn.Module):
                 x = prev if use_truth is None else torch.where(use_truth[:, t - input_frames, None, None, None], frames[:, t], prev)
             y, state = self.step(x, state)
             outputs.append(y)
+        if return_state:
+            return torch.stack(outputs, dim=1), state
         return torch.stack(outputs, dim=1)
 
     @staticmethod
@@ -159,15 +207,22 @@ class VideoPredictionNetwork(nn.Module):
         context_frames: int | None = None,
         teacher_forcing: float | Tensor = 0.0,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
+        classify: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Predict ``future_frames`` frames after the context in ``frames [B, T, C, H, W]``.
 
         By default all T frames are context and the result is ``[B, F, C, H, W]``.
         Training passes ``context_frames`` (I) and clips holding the future ground
         truth; it then gets all ``I+F-1`` one-step outputs of :meth:`rollout`
-        (going through ``forward`` keeps DDP's gradient hooks in play).
+        (going through ``forward`` keeps DDP's gradient hooks in play). With
+        ``classify=True`` the activity logits of the final state come along:
+        ``(outputs, logits)``.
         """
-        if context_frames is not None:
-            return self.rollout(frames, context_frames, future_frames, teacher_forcing, generator)
-        context = frames.shape[1]
-        return self.rollout(frames, context, future_frames)[:, context - 1 :]
+        full = context_frames is not None
+        context = context_frames if full else frames.shape[1]
+        outputs, state = self.rollout(frames, context, future_frames, teacher_forcing if full else 0.0, generator, return_state=True)
+        if not full:
+            outputs = outputs[:, context - 1 :]
+        if classify:
+            return outputs, self.classify(state)
+        return outputs

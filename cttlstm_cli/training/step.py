@@ -27,6 +27,25 @@ def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> to
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def model_loss(
+    model: nn.Module,
+    clips: Tensor,
+    recipe: Recipe,
+    teacher_forcing: float | Tensor,
+    generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
+) -> Tensor:
+    """The training objective on one batch (call under autocast): prediction loss, plus
+    cross-entropy weighted as ``lambda * L_prediction + CE`` when ``labels`` are given."""
+    data = recipe.data
+    if labels is None:
+        outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
+        return prediction_loss(outputs.float(), clips[:, 1:].float())
+    outputs, logits = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator, classify=True)
+    prediction = prediction_loss(outputs.float(), clips[:, 1:].float())
+    return recipe.train.prediction_weight * prediction + F.cross_entropy(logits.float(), labels)
+
+
 @contextlib.contextmanager
 def autocast(precision: str, device: torch.device) -> Iterator[None]:
     """torch.amp autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
@@ -45,24 +64,23 @@ def train_step(
     teacher_forcing: float | Tensor,
     scaler: torch.amp.GradScaler | None = None,
     generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Forward all ``I+F-1`` steps, backward the loss over every prediction, clip, step.
 
-    ``clips [B, I+F, C, H, W]`` in [0, 1]. Returns the (detached) loss.
+    ``clips [B, I+F, C, H, W]`` in [0, 1]. With ``labels`` (activity recognition) the
+    loss is ``lambda * L_prediction + cross-entropy``. Returns the (detached) loss.
     """
-    data, train = recipe.data, recipe.train
-    device = clips.device
     optimizer.zero_grad(set_to_none=True)
-    with autocast(train.precision, device):
-        outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
-        loss = prediction_loss(outputs.float(), clips[:, 1:].float())
+    with autocast(recipe.train.precision, clips.device):
+        loss = model_loss(model, clips, recipe, teacher_forcing, generator, labels)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    if train.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    if recipe.train.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

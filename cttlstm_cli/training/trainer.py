@@ -31,7 +31,7 @@ from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint, unwrap
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
-from cttlstm_cli.training.step import autocast, make_optimizer, prediction_loss, train_step
+from cttlstm_cli.training.step import autocast, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
@@ -339,6 +339,13 @@ class Trainer:
             persistent_workers=False,
         )
 
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        clips, labels = split_batch(batch)
+        clips = clips.to(self.device, non_blocking=True)
+        if labels is not None and self.net.classifier is not None:
+            return clips, labels.to(self.device, non_blocking=True)
+        return clips, None
+
     def steps_per_epoch(self) -> int:
         per_rank = len(range(self.dist.rank, len(self.train_set), self.dist.world))  # type: ignore[arg-type]
         return per_rank // self.recipe.train.batch_size
@@ -346,16 +353,14 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
 
     def validate(self) -> float:
-        """Mean prediction loss on the validation split, predicting freely (no ground truth fed back)."""
-        data = self.recipe.data
+        """Mean training objective on the validation split, predicting freely (no ground truth fed back)."""
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
-            for clips in self._loader(self.val_set, self.recipe.eval.batch_size, drop_last=False):
-                clips = _frames(clips).to(self.device, non_blocking=True)
+            for batch in self._loader(self.val_set, self.recipe.eval.batch_size, drop_last=False):
+                clips, labels = self._to_device(batch)
                 with autocast(self.recipe.train.precision, self.device):
-                    out = self.model(clips, data.future_frames, data.input_frames, 0.0)
-                    loss = prediction_loss(out.float(), clips[:, 1:].float())
+                    loss = model_loss(self.model, clips, self.recipe, 0.0, labels=labels)
                 totals += torch.tensor([loss.item() * clips.shape[0], clips.shape[0]], dtype=torch.float64)
         totals = self.dist.all_sum(totals)
         self.model.train()
@@ -412,10 +417,10 @@ class Trainer:
             group["lr"] = lr
         window_start, window_clips = time.perf_counter(), 0
         loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
-        for clips in self._loader(self.train_set, cfg.batch_size, start_batch=self.position):
-            clips = _frames(clips).to(self.device, non_blocking=True)
+        for batch in self._loader(self.train_set, cfg.batch_size, start_batch=self.position):
+            clips, labels = self._to_device(batch)
             gen = step_generator(cfg.seed + self.dist.rank, self.step)
-            loss = train_step(self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen)
+            loss = train_step(self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels)
             self.step += 1
             self.position += 1
             loss_sum += loss.double().cpu()
@@ -465,13 +470,13 @@ class Trainer:
         self.save()
 
 
-def _frames(batch: Any) -> torch.Tensor:
-    """The clip tensor of a batch (datasets with labels yield dicts or tuples)."""
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(clips, labels or None)`` of a batch: a tensor, a ``(frames, label)`` pair or a dict."""
     if isinstance(batch, dict):
-        return batch["frames"]
+        return batch["frames"], batch.get("label")
     if isinstance(batch, (list, tuple)):
-        return batch[0]
-    return batch
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
 
 
 def iterate_json_lines(path: Path) -> Iterator[dict[str, Any]]:
