@@ -22,16 +22,17 @@ def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.
     out = {}
     for name, cell in model.cells.items():
         base = f"{prefix}layers.{name}."
+        gate_weight = torch.cat([cell.input_conv.weight, cell.state_conv.weight], dim=1)  # conv over [x ; state]
         if cfg.cell == "convlstm":
-            out[base + "conv.weight"] = cell.gates.weight
-            out[base + "conv.bias"] = cell.gates.bias
+            out[base + "conv.weight"] = gate_weight
+            out[base + "conv.bias"] = cell.input_conv.bias
             continue
         n = cfg.order
         for j, core in enumerate(cell.tt.cores):
             out[base + f"layers.{j}.weight"] = core.weight
             out[base + f"layers.{j}.bias"] = core.bias
-        out[base + f"layers.{n - 1}.weight"] = cell.gates.weight
-        out[base + f"layers.{n - 1}.bias"] = cell.gates.bias
+        out[base + f"layers.{n - 1}.weight"] = gate_weight
+        out[base + f"layers.{n - 1}.bias"] = cell.input_conv.bias
         for i, conv in enumerate(cell.tt.preprocess):
             w = conv.weight
             if layout == "conv3d":  # [R, K*C_h, k, k] -> [R, C_h, k, k, K], time last, oldest first

@@ -129,7 +129,7 @@ def test_bf16_autocast_step_on_cpu() -> None:
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     # The step really ran in bf16: gate convs under autocast produce bf16 activations.
     seen = []
-    hook = model.cells["b0l0"].gates.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = model.cells["b0l0"].input_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(clips[:, :5], future_frames=1)
     hook.remove()

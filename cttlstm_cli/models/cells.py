@@ -30,27 +30,88 @@ def lstm_update(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
     return h, c
 
 
-class ConvLSTMCell(nn.Module):
+class RecurrentCell(nn.Module):
+    """Shared protocol of the cells.
+
+    Gate pre-activations are ``W * x + U(state)``. The fast path splits them:
+    :meth:`input_gates` (``W * x`` plus the gate bias) can run on many time steps in
+    one batched convolution when the inputs are known in advance, and
+    :meth:`recurrent_step` adds the state part and applies the LSTM update.
+    :meth:`reference_step` is the literal per-step algorithm of the paper (one conv
+    over the channel concatenation), kept as the oracle for the fast path.
+    """
+
+    hidden_channels: int
+    input_conv: nn.Module
+
+    def input_gates(self, x: Tensor) -> Tensor:
+        """``W * x`` plus the gate bias, for any number of stacked steps."""
+        return self.input_conv(x)
+
+    def forward(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        return self.recurrent_step(self.input_gates(x), state)
+
+    def recurrent_step(self, input_gates: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        raise NotImplementedError
+
+    def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        raise NotImplementedError
+
+    def _init_as_one_conv(self) -> None:
+        """Initialise the split gate convs exactly as PyTorch would the single conv over the
+        channel concatenation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the joint fan-in."""
+        parts = [self.input_conv.weight, self.state_conv.weight]
+        fan_in = sum(w.shape[1] * w.shape[2] * w.shape[3] for w in parts)
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            for w in parts:
+                w.uniform_(-bound, bound)
+            self.input_conv.bias.uniform_(-bound, bound)
+
+    def _zeros(self, batch: int, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return torch.zeros(batch, channels, height, width, device=device, dtype=dtype)
+
+
+class ConvLSTMCell(RecurrentCell):
     """ConvLSTM: one conv over ``[x ; h_{t-1}]`` gives all four gates. State ``(c, h)``."""
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
-        self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2)
+        pad = kernel_size // 2
+        # Together these are the gate conv over [x ; h] (input channels first).
+        self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=pad)
+        self.state_conv = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=False)
+        self._init_as_one_conv()
 
-    def init_state(self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> CellState:
-        zeros = torch.zeros(batch, self.hidden_channels, height, width, device=device, dtype=dtype)
+    def init_state(
+        self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype, reference: bool = False
+    ) -> CellState:
+        zeros = self._zeros(batch, self.hidden_channels, height, width, device, dtype)
         return (zeros, zeros)
 
-    def forward(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+    def recurrent_step(self, input_gates: Tensor, state: CellState) -> tuple[Tensor, CellState]:
         c, h = state
-        h, c = lstm_update(self.gates(torch.cat([x, h], dim=1)), c)
+        h, c = lstm_update(input_gates + self.state_conv(h), c)
+        return h, (c, h)
+
+    def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        c, h = state
+        weight = torch.cat([self.input_conv.weight, self.state_conv.weight], dim=1)
+        gates = F.conv2d(torch.cat([x, h], dim=1), weight, self.input_conv.bias, padding=weight.shape[-1] // 2)
+        h, c = lstm_update(gates, c)
         return h, (c, h)
 
 
-class ConvTTLSTMCell(nn.Module):
-    """Conv-TT-LSTM (paper Eq. 11). State ``(c, h_{t-M}, ..., h_{t-1})``, oldest first."""
+class ConvTTLSTMCell(RecurrentCell):
+    """Conv-TT-LSTM (paper Eq. 11).
+
+    Reference state ``(c, h_{t-M}, ..., h_{t-1})``, oldest first. The fast path keeps,
+    instead of each past h, its projection through all preprocessing kernels
+    (:meth:`ConvTensorTrain.project`), and the newest h last: ``(c, p_{t-M}, ..., p_{t-1}, h_{t-1})``.
+    In both, ``state[-1]`` is the newest hidden state, as for every cell.
+    """
 
     def __init__(
         self,
@@ -68,17 +129,34 @@ class ConvTTLSTMCell(nn.Module):
         self.hidden_channels = hidden_channels
         self.steps = steps
         self.tt = ConvTensorTrain(hidden_channels, order, steps, rank, kernel_size, tt_padding, form)
-        # X first, then T: the layout of the authors' gate conv.
-        self.gates = nn.Conv2d(in_channels + rank, 4 * hidden_channels, kernel_size, padding=kernel_size // 2)
+        pad = kernel_size // 2
+        # Together: the gate conv over [x ; T] (x first, as in the authors' layout).
+        self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=pad)
+        self.state_conv = nn.Conv2d(rank, 4 * hidden_channels, kernel_size, padding=pad, bias=False)
+        self._init_as_one_conv()
 
-    def init_state(self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> CellState:
-        zeros = torch.zeros(batch, self.hidden_channels, height, width, device=device, dtype=dtype)
-        return (zeros,) * (self.steps + 1)
+    def init_state(
+        self, batch: int, height: int, width: int, device: torch.device, dtype: torch.dtype, reference: bool = False
+    ) -> CellState:
+        c = self._zeros(batch, self.hidden_channels, height, width, device, dtype)
+        if reference:
+            return (c,) * (self.steps + 1)
+        tt = self.tt
+        projection = self._zeros(batch, tt.order * tt.window * tt.rank, height, width, device, dtype)
+        return (c,) + (projection,) * self.steps + (c,)
 
-    def forward(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+    def recurrent_step(self, input_gates: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        c, *projections, _ = state
+        t = self.tt.from_projections(projections)
+        h, c = lstm_update(input_gates + self.state_conv(t), c)
+        return h, (c, *projections[1:], self.tt.project(h), h)
+
+    def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
         c, *history = state
         t = self.tt(history)
-        h, c = lstm_update(self.gates(torch.cat([x, t], dim=1)), c)
+        weight = torch.cat([self.input_conv.weight, self.state_conv.weight], dim=1)
+        gates = F.conv2d(torch.cat([x, t], dim=1), weight, self.input_conv.bias, padding=weight.shape[-1] // 2)
+        h, c = lstm_update(gates, c)
         return h, (c, *history[1:], h)
 
 
@@ -147,20 +225,19 @@ class TTConv2d(nn.Module):
         return F.conv2d(x, self.weight(), self.bias, padding=self.kernel_size // 2)
 
 
-class TTDConvLSTMCell(nn.Module):
+class TTDConvLSTMCell(ConvLSTMCell):
     """ConvLSTM whose input-to-state kernel is a classic tensor train (paper Eq. 12)."""
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int, rank: int, order: int = 3) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
-        self.input_gates = TTConv2d(in_channels, 4 * hidden_channels, kernel_size, rank, order)
-        self.state_gates = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.input_conv = TTConv2d(in_channels, 4 * hidden_channels, kernel_size, rank, order)
+        self.state_conv = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2, bias=False)
 
-    init_state = ConvLSTMCell.init_state
-
-    def forward(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+    def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
+        # Eq. 12 is already a sum of two convolutions; there is no concatenated form.
         c, h = state
-        h, c = lstm_update(self.input_gates(x) + self.state_gates(h), c)
+        h, c = lstm_update(self.input_conv(x) + self.state_conv(h), c)
         return h, (c, h)
 

@@ -119,7 +119,7 @@ def official_to_model(state: Mapping[str, Tensor]) -> tuple[ModelConfig, int, di
         gate = per_layer[f"b{b}l0"][gate_key]
         widths.append(gate.shape[0] // 4)
     kernel = first[gate_key].shape[-1]
-    out = {}
+    out: dict[str, Tensor] = {}
     if is_ctt:
         order = _count(first, "layers_")
         rank = first["layers_.0.weight"].shape[0]
@@ -141,8 +141,7 @@ def official_to_model(state: Mapping[str, Tensor]) -> tuple[ModelConfig, int, di
             for j in range(n - 1):
                 out[prefix + f"tt.cores.{j}.weight"] = layer[f"layers.{j}.weight"]
                 out[prefix + f"tt.cores.{j}.bias"] = layer[f"layers.{j}.bias"]
-            out[prefix + "gates.weight"] = gate_w
-            out[prefix + "gates.bias"] = layer[f"layers.{n - 1}.bias"]
+            _split_gates(out, prefix, gate_w, layer[f"layers.{n - 1}.bias"], in_channels[-1])
             for i in range(n):
                 w = layer[f"layers_.{i}.weight"]
                 if w.dim() == 5:  # Conv3d [R, C_h, k, k, K], time last -> channel concat, oldest first
@@ -150,14 +149,20 @@ def official_to_model(state: Mapping[str, Tensor]) -> tuple[ModelConfig, int, di
                 out[prefix + f"tt.preprocess.{i}.weight"] = w
                 out[prefix + f"tt.preprocess.{i}.bias"] = layer[f"layers_.{i}.bias"]
         else:
-            out[prefix + "gates.weight"] = gate_w
-            out[prefix + "gates.bias"] = layer["conv.bias"]
+            _split_gates(out, prefix, gate_w, layer["conv.bias"], in_channels[-1])
     out["head.weight"] = state["layers.output.weight"]
     out["head.bias"] = state["layers.output.bias"]
     image_channels = out["head.weight"].shape[0]
     skip = _infer_skip_stride(blocks, widths, in_channels, out["head.weight"].shape[1], image_channels)
     cfg = ModelConfig(kernel=kernel, blocks=blocks, channels=widths, skip_stride=skip, **cfg_kwargs)
     return cfg, image_channels, out
+
+
+def _split_gates(out: dict[str, Tensor], prefix: str, weight: Tensor, bias: Tensor, in_channels: int) -> None:
+    """The authors' single gate conv over ``[x ; state]`` is our input_conv + state_conv."""
+    out[prefix + "input_conv.weight"] = weight[:, :in_channels].contiguous()
+    out[prefix + "input_conv.bias"] = bias
+    out[prefix + "state_conv.weight"] = weight[:, in_channels:].contiguous()
 
 
 def _count(layer: Mapping[str, Tensor], group: str) -> int:

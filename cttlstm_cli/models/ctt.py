@@ -110,10 +110,40 @@ class ConvTensorTrain(nn.Module):
 
     def forward(self, history: Sequence[Tensor]) -> Tensor:
         """Map the M most recent hidden states (oldest first) to the R-channel ``T_{N-1}``."""
-        u = self.preprocessed(history)
+        return self.combine(self.preprocessed(history))
+
+    def combine(self, u: Sequence[Tensor]) -> Tensor:
+        """The tensor train over preprocessed windows, by the selected algorithm."""
         if self.form == "parallel":
             return self.parallel(u)
         return self.sequential(u)
+
+    # The fast path never re-convolves old hidden states: P_i * window_i is linear in the
+    # window, so each new state meets all N*K slices of the preprocessing kernels once,
+    # in one convolution, and the results ride along in the recurrent state.
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """All ``N*K`` preprocessing-kernel slices applied to one new hidden state (no bias).
+
+        Returns ``[B, N*K*R, H, W]``, grouped by window i then window position j.
+        """
+        c = hidden.shape[1]
+        weight = torch.cat(
+            [conv.weight[:, j * c : (j + 1) * c] for conv in self.preprocess for j in range(self.window)], dim=0
+        )
+        return F.conv2d(hidden, weight, padding=self.kernel_size // 2)
+
+    def from_projections(self, projections: Sequence[Tensor]) -> Tensor:
+        """``T_{N-1}`` from the :meth:`project` outputs of the last M hidden states (oldest first)."""
+        r, k = self.rank, self.window
+        u = []
+        for i, conv in enumerate(self.preprocess):
+            acc = conv.bias[None, :, None, None]
+            for j in range(k):
+                slot = (i * k + j) * r
+                acc = acc + projections[i + j][:, slot : slot + r]
+            u.append(acc)
+        return self.combine(u)
 
     def sequential(self, u: Sequence[Tensor]) -> Tensor:
         """Algorithm 2: the linear-time recursion over the cores."""

@@ -103,6 +103,14 @@ class VideoPredictionNetwork(nn.Module):
         """Frame size / recurrent-state size (2 per encoder layer)."""
         return 2 ** len(self.config.encoder_channels)
 
+    #: run the literal per-step algorithm (the oracle) instead of the fast path
+    reference: bool = False
+
+    def use_reference(self, reference: bool = True) -> VideoPredictionNetwork:
+        """Select the plain per-step implementation (``True``) or the fast path (default)."""
+        self.reference = reference
+        return self
+
     def set_ctt_form(self, form: Literal["sequential", "parallel"]) -> None:
         """Switch every Conv-TT-LSTM cell between Algorithm 2 and Algorithm 1 (results are equal)."""
         for cell in self.cells.values():
@@ -117,7 +125,7 @@ class VideoPredictionNetwork(nn.Module):
         device = device or ref.device
         dtype = dtype or ref.dtype
         height, width = height // self.downsampling, width // self.downsampling
-        return tuple(cell.init_state(batch, height, width, device, dtype) for cell in self.cells.values())
+        return tuple(cell.init_state(batch, height, width, device, dtype, self.reference) for cell in self.cells.values())
 
     def step(self, frame: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
         """Advance all layers by one time step: ``frame [B, C, H, W]`` -> next-frame prediction."""
@@ -132,13 +140,47 @@ class VideoPredictionNetwork(nn.Module):
             if src is not None:
                 x = torch.cat([x, block_outputs[src]], dim=1)
             for _ in range(layers):
-                x, s = next(cells)(x, next(states))
+                cell = next(cells)
+                x, s = cell.reference_step(x, next(states)) if self.reference else cell(x, next(states))
                 new_state.append(s)
             block_outputs.append(x)
         src = skip_source(len(cfg.blocks), cfg.skip_stride)
         if src is not None:
             x = torch.cat([x, block_outputs[src]], dim=1)
         return self.head(self.decoder(x)), tuple(new_state)
+
+    def sequence(self, frames: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
+        """Run :meth:`step` over known inputs ``frames [B, P, C, H, W]``, layer by layer.
+
+        Equal to P calls of :meth:`step`, but each layer's input convolutions for all P
+        steps run as one batched convolution, and so do the encoder, decoder and head;
+        only the state part of each step stays sequential.
+        """
+        cfg = self.config
+        batch, steps = frames.shape[:2]
+        cells = iter(self.cells.values())
+        states = iter(state)
+        new_state: list[CellState] = []
+        block_outputs: list[Tensor] = []
+        x = self.encoder(frames.flatten(0, 1))
+        for b, layers in enumerate(cfg.blocks):
+            src = skip_source(b, cfg.skip_stride) if b > 0 else None
+            if src is not None:
+                x = torch.cat([x, block_outputs[src]], dim=1)
+            for _ in range(layers):
+                cell, s = next(cells), next(states)
+                gates = cell.input_gates(x).unflatten(0, (batch, steps))
+                hidden = []
+                for t in range(steps):
+                    h, s = cell.recurrent_step(gates[:, t], s)
+                    hidden.append(h)
+                x = torch.stack(hidden, dim=1).flatten(0, 1)
+                new_state.append(s)
+            block_outputs.append(x)
+        src = skip_source(len(cfg.blocks), cfg.skip_stride)
+        if src is not None:
+            x = torch.cat([x, block_outputs[src]], dim=1)
+        return self.head(self.decoder(x)).unflatten(0, (batch, steps)), tuple(new_state)
 
     def classify(self, state: NetworkState) -> Tensor:
         """Activity logits from the last recurrent layer's newest hidden state."""
@@ -168,7 +210,15 @@ class VideoPredictionNetwork(nn.Module):
         use_truth = self._teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
         state = self.init_state(batch, height, width, frames.device, frames.dtype)
         outputs: list[Tensor] = []
-        for t in range(steps):
+        # Inputs are known in advance for the context and, under full teacher forcing,
+        # for every step: the fast path runs that prefix layer-major.
+        known = steps if use_truth is not None and bool(use_truth.all()) else input_frames
+        start = 0
+        if not self.reference and known > 1:
+            prefix, state = self.sequence(frames[:, :known], state)
+            outputs.extend(prefix.unbind(1))
+            start = known
+        for t in range(start, steps):
             if t < input_frames:
                 x = frames[:, t]
             else:
