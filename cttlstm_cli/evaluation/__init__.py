@@ -6,6 +6,8 @@ package and torchvision, so those names are imported only on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cttlstm_cli.evaluation.metrics import (
     CONVENTIONS,
     DEFAULT_METRICS,
@@ -27,6 +29,21 @@ from cttlstm_cli.evaluation.metrics import (
     ssim,
 )
 
+if TYPE_CHECKING:
+    from cttlstm_cli.evaluation.lpips import LpipsMetric, load_alexnet_weights, load_lpips
+
+_LAZY = {"LpipsMetric", "load_lpips", "load_alexnet_weights", "default_weight_paths"}
+
+
+def __getattr__(name: str) -> Any:
+    # The lpips package imports torchvision (slow, and fragile beside a CPU-only torch).
+    if name in _LAZY:
+        from cttlstm_cli.evaluation import lpips as _lpips
+
+        return getattr(_lpips, name)
+    raise AttributeError(name)
+
+
 __all__ = [
     "CONVENTIONS",
     "DEFAULT_METRICS",
@@ -36,11 +53,15 @@ __all__ = [
     "PSNR_CAP_DB",
     "STANDARD",
     "Convention",
+    "LpipsMetric",
     "MetricAccumulator",
     "MetricReport",
     "clamp01",
     "compute_metrics",
+    "default_weight_paths",
     "get_convention",
+    "load_alexnet_weights",
+    "load_lpips",
     "mae",
     "mse",
     "parse_metrics",
