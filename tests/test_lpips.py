@@ -152,3 +152,11 @@ def test_missing_weights_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     torch.save({"features.0.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(CttlstmError, match="features.0"):
         load_alexnet_weights(wrong)
+
+
+def test_torchvision_imports_beside_this_torch() -> None:
+    from cttlstm_cli.evaluation._torchvision import declare_torchvision_op_schemas, import_torchvision
+
+    tv = import_torchvision()
+    assert callable(tv.models.alexnet)
+    assert declare_torchvision_op_schemas() == []  # every op schema now exists; a second call adds nothing
