@@ -41,9 +41,10 @@ def _root(
     """Convolutional Tensor-Train LSTM toolkit."""
 
 
-from cttlstm_cli.cli import profile as _profile  # noqa: E402  (registers commands on `app`)
+from cttlstm_cli.cli import prepare as _prepare  # noqa: E402  (registers commands on `app`)
+from cttlstm_cli.cli import profile as _profile  # noqa: E402
 
-del _profile
+del _prepare, _profile
 
 
 def main(argv: list[str] | None = None) -> int:
