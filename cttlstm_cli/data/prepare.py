@@ -108,6 +108,10 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _worker_init(init: Callable[..., None] | None, initargs: tuple) -> None:
+    import signal
+
+    # Ctrl-C is the parent's to handle (it cancels the pool); workers would only print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one decoder per core: torch's own thread pool would oversubscribe the cores
     try:
         import torch
