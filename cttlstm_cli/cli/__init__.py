@@ -42,8 +42,9 @@ def _root(
 
 
 # Importing a command module registers its command on `app`.
-from cttlstm_cli.cli import profile as _profile  # noqa: E402,F401
+from cttlstm_cli.cli import prepare as _prepare  # noqa: E402,F401
 from cttlstm_cli.cli import train as _train  # noqa: E402,F401
+from cttlstm_cli.cli import profile as _profile  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,166 @@
+"""``cttlstm prepare``: turn raw data into HDF5 shards plus a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cttlstm_cli.cli import app
+from cttlstm_cli.cli.common import console, err_console
+from cttlstm_cli.errors import CttlstmError
+
+DATASETS = ("mmnist", "kth", "ssv2", "folder")
+
+
+def parse_size(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """``64`` -> (64, 64); ``120x160`` or ``120,160`` -> (120, 160) (H, W)."""
+    if text is None:
+        return default
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise CttlstmError(f"--size must be N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise CttlstmError(f"--size must be N or HxW with positive numbers, got {text!r}")
+    return values[0], values[1]
+
+
+def _int_list(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise CttlstmError(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise CttlstmError(f"--split must be three fractions TRAIN,VAL,TEST, got {text!r}") from None
+    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
+        raise CttlstmError(f"--split must be three non-negative fractions that sum to 1, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  cttlstm prepare mmnist --out data/mmnist\n\n"
+        "  cttlstm prepare mmnist --out data/mmnist --mnist train-images-idx3-ubyte.gz --test-seq mnist_test_seq.npy\n\n"
+        "  cttlstm prepare mmnist --out data/smoke-mmnist --size 32 --train 1000 --val 200 --test 200\n\n"
+        "  cttlstm prepare kth ~/datasets/kth --out data/kth --protocol openstl --workers 8\n\n"
+        "  cttlstm prepare ssv2 ~/datasets/ssv2 --out data/ssv2-41 --subset 41\n\n"
+        "  cttlstm prepare folder my_videos/ --out data/mine --size 64x64 --gray --split 0.8,0.1,0.1"
+    )
+)
+def prepare(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="mmnist, kth, ssv2 or folder."),
+    source: Path = typer.Argument(None, help="Raw data: KTH folder or zips, SSv2 folder, or a folder of videos (not for mmnist)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (manifest.json + HDF5 shards)."),
+    workers: int = typer.Option(None, "--workers", "-j", min=1, help="Decoding processes (default: all cores)."),
+    size: str = typer.Option(None, "--size", help="Frame size N or HxW (mmnist: canvas, default 64; kth: 128; ssv2: 128; folder: 64)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for generation (mmnist) and random splits (folder, ssv2 val)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    # mmnist
+    mnist: Path = typer.Option(None, "--mnist", help="mmnist: MNIST training images (IDX, IDX .gz or .npz)."),
+    test_seq: Path = typer.Option(None, "--test-seq", help="mmnist: import mnist_test_seq.npy (uint8 [T, N, 64, 64], time-major) as the test split."),
+    train: int = typer.Option(10000, "--train", min=0, help="mmnist: training sequences."),
+    val: int = typer.Option(1000, "--val", min=0, help="mmnist: validation sequences."),
+    test: int = typer.Option(3000, "--test", min=0, help="mmnist: test sequences."),
+    frames: int = typer.Option(20, "--frames", min=1, help="mmnist: frames per train/val sequence."),
+    test_frames: int = typer.Option(None, "--test-frames", min=1, help="mmnist: frames per test sequence (default --frames; 40 for a 10->30 test)."),
+    offline: bool = typer.Option(False, "--offline", help="mmnist: never download MNIST (use --mnist, the cache or the bundled fallback)."),
+    # kth
+    protocol: str = typer.Option("openstl", "--protocol", help="kth: openstl (resize 160x120 -> 128x128) or paper (center crop 120x120, up-sample to 128x128)."),
+    val_persons: str = typer.Option("15,16", "--val-persons", help="kth: persons (of 1-16) held out for validation; '' for none."),
+    sequences: Path = typer.Option(None, "--sequences", help="kth: the 00sequences.txt file (default: found inside SOURCE)."),
+    # ssv2
+    subset: str = typer.Option(None, "--subset", help="ssv2: '41' for the paper's 41-category subset, or a JSON file {group: [templates]}."),
+    labels: Path = typer.Option(None, "--labels", help="ssv2: folder with the label JSON files (default: found inside SOURCE)."),
+    max_frames: int = typer.Option(None, "--max-frames", min=1, help="ssv2/folder: keep at most this many frames per video."),
+    # folder
+    gray: bool = typer.Option(False, "--gray", help="folder/ssv2: store gray frames (1 channel) instead of RGB."),
+    split: str = typer.Option("0.8,0.1,0.1", "--split", help="folder: TRAIN,VAL,TEST fractions of the videos."),
+) -> None:
+    """Prepare a dataset: decode, resize and store it as HDF5 shards with a manifest.
+
+    DATASET is mmnist (generated Moving-MNIST-2), kth (KTH actions: a folder of .avi
+    files at any depth, or the six action .zip archives), ssv2 (Something-Something V2
+    .webm videos with their label JSON files) or folder (your own videos: mp4, avi,
+    webm, mov, gif, or sub-folders of frame images). Unreadable files are skipped and
+    listed in the manifest. An interrupted prepare, run again with the same options,
+    keeps its finished shards; an output prepared with other options is never
+    overwritten. See docs/prepare.md.
+    """
+    from cttlstm_cli.data.prepare import default_workers
+
+    if dataset not in DATASETS:
+        raise CttlstmError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    n_workers = workers or default_workers()
+    progress = not quiet
+    if dataset == "mmnist":
+        if source is not None:
+            raise CttlstmError("mmnist takes no SOURCE; use --mnist for the digit file")
+        from cttlstm_cli.data.mmnist import build_mmnist
+
+        h, w = parse_size(size, (64, 64))
+        if h != w:
+            raise CttlstmError(f"Moving-MNIST frames are square; got --size {size}")
+        result = build_mmnist(
+            out, mnist=mnist, size=h, train=train, val=val, test=test, frames=frames, test_frames=test_frames,
+            seed=seed, test_seq=test_seq, workers=n_workers, download=not offline, progress=progress,
+        )  # fmt: skip
+    else:
+        if source is None:
+            raise CttlstmError(f"{dataset} needs a SOURCE folder (see 'cttlstm prepare --help')")
+        if not source.exists():
+            raise CttlstmError(f"SOURCE not found: {source}")
+        if dataset == "kth":
+            from cttlstm_cli.data.kth import build_kth
+
+            result = build_kth(
+                source, out, protocol=protocol, size=parse_size(size, (128, 128)),
+                val_persons=_int_list(val_persons, "--val-persons") or [], sequences=sequences,
+                workers=n_workers, progress=progress,
+            )  # fmt: skip
+        elif dataset == "ssv2":
+            from cttlstm_cli.data.ssv2 import build_ssv2
+
+            result = build_ssv2(
+                source, out, subset=subset, labels_dir=labels, size=parse_size(size, (128, 128)),
+                channels=1 if gray else 3, max_frames=max_frames, seed=seed, workers=n_workers, progress=progress,
+            )  # fmt: skip
+        else:
+            from cttlstm_cli.data.folder import build_folder
+
+            result = build_folder(
+                source, out, size=parse_size(size, (64, 64)), channels=1 if gray else 3,
+                fractions=_fractions(split), max_frames=max_frames, seed=seed, workers=n_workers, progress=progress,
+            )  # fmt: skip
+    _report(result)
+
+
+def _report(result) -> None:
+    m = result.manifest
+    if result.up_to_date:
+        console.print(f"{result.root} is already prepared with these options; nothing to do.", highlight=False)
+        return
+    parts = [f"{name} {s['videos']} videos / {s['frames']} frames in {len(s['shards'])} shard(s)" for name, s in m["splits"].items()]
+    h, w = m["frame_size"]
+    console.print(f"prepared {m['dataset']} at {result.root} ({h}x{w}, {m['channels']} channel(s)) in {result.seconds:.1f} s", highlight=False)
+    for p in parts:
+        console.print(f"  {p}", highlight=False)
+    if result.resumed_shards:
+        console.print(f"  resumed: kept {result.resumed_shards} finished shard(s) from the interrupted run", highlight=False)
+    if m["skipped"]:
+        err_console.print(f"skipped {len(m['skipped'])} file(s) (listed in manifest.json 'skipped'):", highlight=False)
+        for s in m["skipped"][:10]:
+            err_console.print(f"  {s['source']}: {s['reason']}", highlight=False, soft_wrap=True)
+        if len(m["skipped"]) > 10:
+            err_console.print(f"  ... and {len(m['skipped']) - 10} more", highlight=False)

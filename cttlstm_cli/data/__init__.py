@@ -1,0 +1,1 @@
+"""Data layer: ``cttlstm prepare`` builders, the shard format and the training/evaluation Dataset."""

@@ -1,0 +1,84 @@
+"""Any folder of videos (mp4, avi, webm, mov, mkv, gif, .npy, or sub-folders of frame images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
+from cttlstm_cli.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video
+from cttlstm_cli.errors import CttlstmError
+
+
+def _decode(path: str, size: tuple[int, int], channels: int, max_frames: int | None) -> list[Item]:
+    frames = read_video(path, size=size, channels=channels, max_frames=max_frames)
+    p = Path(path)
+    return [Item(p.stem if p.is_file() else p.name, frames, p.name)]
+
+
+def find_videos(source: Path) -> tuple[list[Path], list[Path]]:
+    """(videos, other files): video files and frame-image folders at any depth, sorted by path."""
+    videos: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(source.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(source).parts):
+            continue  # hidden files and folders (e.g. .DS_Store, .git)
+        if path.is_dir():
+            if any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in path.iterdir()):
+                videos.append(path)
+        elif path.suffix.lower() in VIDEO_EXTENSIONS or path.suffix.lower() == ".npy":
+            videos.append(path)
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append(path)
+    if source.is_dir() and any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in source.iterdir()):
+        videos.insert(0, source)  # SOURCE itself is one frame folder
+    return videos, others
+
+
+def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """Seeded split of ``n`` items by fractions (train, val, test); stable for a given seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    names = np.array(["test"] * n, dtype=object)
+    names[order[:n_train]] = "train"
+    names[order[n_train : n_train + n_val]] = "val"
+    return list(names)
+
+
+def build_folder(
+    source: str | Path,
+    out: str | Path,
+    size: tuple[int, int] = (64, 64),
+    channels: int = 3,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    max_frames: int | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> PrepareResult:
+    """Prepare a user's folder of videos, resized to ``size`` with 1 (gray) or 3 channels, split by fractions."""
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise CttlstmError(f"SOURCE not found or not a folder: {source}")
+    videos, others = find_videos(source)
+    if not videos:
+        raise CttlstmError(f"no videos found in {source} (looked for mp4, avi, webm, mov, mkv, gif, npy and frame-image folders)")
+    pre_skipped = [{"source": str(p.relative_to(source)), "reason": "not a video file type"} for p in others]
+    splits = assign_splits(len(videos), fractions, seed)
+    jobs: dict[str, list[Job]] = {"train": [], "val": [], "test": []}
+    for path, split in zip(videos, splits):
+        key = str(path.relative_to(source)) if path != source else "."
+        jobs[split].append(Job(key, _decode, (str(path), tuple(size), channels, max_frames)))
+    options: dict[str, Any] = {
+        "dataset": "folder",
+        "source": str(source.resolve()),
+        "size": list(size),
+        "channels": channels,
+        "split": list(fractions),
+        "max_frames": max_frames,
+        "seed": seed,
+    }
+    return run_prepare(out, "folder", options, jobs, tuple(size), channels, workers=workers, pre_skipped=pre_skipped, progress=progress)
