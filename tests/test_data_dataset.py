@@ -96,7 +96,7 @@ def test_open_dataset_checks_the_recipe(ramps: Path, tmp_path: Path) -> None:
         open_dataset(cfg.model_copy(update={"channels": 3}), "train")
     with pytest.raises(CttlstmError, match="is 'folder' but the recipe asks for 'kth'"):
         open_dataset(cfg.model_copy(update={"dataset": "kth"}), "train")
-    with pytest.raises(CttlstmError, match="no prepared dataset"):
+    with pytest.raises(CttlstmError, match="no prepared folder dataset at .*; run 'cttlstm prepare folder SOURCE --out"):
         open_dataset(cfg.model_copy(update={"path": str(tmp_path / "nothing")}), "train")
     with pytest.raises(CttlstmError, match="no 'val' split"):
         open_dataset(cfg, "val")

@@ -201,6 +201,11 @@ def open_dataset(
     recipe asks is a one-line CttlstmError.
     """
     root = Path(data_cfg.path)
+    if not (root / fmt.MANIFEST_NAME).is_file():
+        source = "" if data_cfg.dataset == "mmnist" else " SOURCE"
+        raise CttlstmError(
+            f"no prepared {data_cfg.dataset} dataset at {root}; run 'cttlstm prepare {data_cfg.dataset}{source} --out {root}' first"
+        )
     manifest = fmt.read_manifest(root)
     check_manifest(manifest, root, tuple(data_cfg.frame_size), data_cfg.channels, data_cfg.dataset)
     mode = mode or ("random" if split == "train" else "sequential")

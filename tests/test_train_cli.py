@@ -1,0 +1,99 @@
+"""``cttlstm train`` from the command line: the smoke run, SIGKILL + resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cttlstm_cli.models.checkpoint import read_checkpoint
+
+from conftest import RECIPES, REPO
+
+SMOKE = str(RECIPES / "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke recipe's Moving-MNIST, prepared once (offline digits) by a real train run."""
+    from cttlstm_cli.cli import main
+
+    root = tmp_path_factory.mktemp("smoke")
+    code = main(["train", SMOKE, "--out", str(root / "run"), "--set", f"data.path={root / 'data'}", "--quiet", "--max-steps", "1"])
+    assert code == 0
+    assert json.loads((root / "data" / "manifest.json").read_text())["frame_size"] == [32, 32]
+    return root / "data"
+
+
+def test_smoke_training_loss_falls(cli, smoke_data: Path, tmp_path: Path) -> None:
+    result = cli("train", SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}")
+    assert result.code == 0, result.err
+    assert "best validation loss" in result.out and "next: cttlstm evaluate" in result.out
+    records = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in records if r["kind"] == "train"]
+    val = [r["val_loss"] for r in records if r["kind"] == "val"]
+    assert len(val) == 3 and val[-1] < val[0] and train[-1] < 0.6 * train[0]
+    # The smoke recipe checkpoints several times within its run (every 4 of its 24 steps).
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 24
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+
+
+def _train_process(out: Path, data: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cttlstm_cli", "train", SMOKE, "--out", str(out), "--device", "cpu", "--quiet"]
+    args += ["--set", f"data.path={data}", "--set", "train.epoch_clips=128", *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(smoke_data: Path, tmp_path: Path) -> None:
+    full = _train_process(tmp_path / "full", smoke_data)
+    assert full.wait(timeout=300) == 0, full.stderr.read().decode()
+
+    killed = _train_process(tmp_path / "killed", smoke_data)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    step = read_checkpoint(last)["step"]
+    assert 0 < step < 48  # it really died mid-run, after a checkpoint
+
+    resumed = _train_process(tmp_path / "killed", smoke_data, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    a = read_checkpoint(tmp_path / "full" / "last.pt")
+    b = read_checkpoint(last)
+    assert a["step"] == b["step"] == 48
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp_path: Path) -> None:
+    def one_line_error(*args: str | Path) -> str:
+        result = cli("train", *args)
+        assert result.code == 2, result.out
+        assert result.err.startswith("error: ") and result.err.count("\n") == 1 and "Traceback" not in result.err
+        return result.err
+
+    assert "prepared at frame size 32x32 but the recipe asks for 64x64" in one_line_error(
+        SMOKE, "--out", tmp_path / "a", "--set", f"data.path={smoke_data}", "--set", "data.frame_size=[64,64]"
+    )
+    assert "no prepared kth dataset" in one_line_error("kth", "--out", tmp_path / "b", "--set", f"data.path={tmp_path / 'no-such-data'}")
+    # A run to collide with.
+    assert cli("train", SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}", "--max-steps", "2", "--quiet").code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    assert "already holds a run" in one_line_error(SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}")
+    assert "recipe differs" in one_line_error(
+        SMOKE, "--out", tmp_path / "run", "--resume", "--set", f"data.path={smoke_data}", "--set", "model.rank=2"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    assert "recipe not found" in one_line_error("nope.yaml")
+    assert "train.lr" in one_line_error(SMOKE, "--set", "train.lr=-1")
