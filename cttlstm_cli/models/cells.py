@@ -109,7 +109,8 @@ class ConvTTLSTMCell(RecurrentCell):
 
     Reference state ``(c, h_{t-M}, ..., h_{t-1})``, oldest first. The fast path keeps,
     instead of each past h, its projection through all preprocessing kernels
-    (:meth:`ConvTensorTrain.project`), and the newest h last: ``(c, p_{t-M}, ..., p_{t-1}, h_{t-1})``.
+    (:meth:`ConvTensorTrain.project`, N*K tensors each), and the newest h last:
+    ``(c, *p_{t-M}, ..., *p_{t-1}, h_{t-1})``.
     In both, ``state[-1]`` is the newest hidden state, as for every cell.
     """
 
@@ -142,14 +143,16 @@ class ConvTTLSTMCell(RecurrentCell):
         if reference:
             return (c,) * (self.steps + 1)
         tt = self.tt
-        projection = self._zeros(batch, tt.order * tt.window * tt.rank, height, width, device, dtype)
-        return (c,) + (projection,) * self.steps + (c,)
+        piece = self._zeros(batch, tt.rank, height, width, device, dtype)
+        return (c,) + (piece,) * (self.steps * tt.order * tt.window) + (c,)
 
     def recurrent_step(self, input_gates: Tensor, state: CellState) -> tuple[Tensor, CellState]:
-        c, *projections, _ = state
+        c, *flat, _ = state
+        per_state = self.tt.order * self.tt.window
+        projections = [flat[m * per_state : (m + 1) * per_state] for m in range(self.steps)]
         t = self.tt.from_projections(projections)
         h, c = lstm_update(input_gates + self.state_conv(t), c)
-        return h, (c, *projections[1:], self.tt.project(h), h)
+        return h, (c, *flat[per_state:], *self.tt.project(h), h)
 
     def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
         c, *history = state

@@ -122,26 +122,27 @@ class ConvTensorTrain(nn.Module):
     # window, so each new state meets all N*K slices of the preprocessing kernels once,
     # in one convolution, and the results ride along in the recurrent state.
 
-    def project(self, hidden: Tensor) -> Tensor:
+    def project(self, hidden: Tensor) -> tuple[Tensor, ...]:
         """All ``N*K`` preprocessing-kernel slices applied to one new hidden state (no bias).
 
-        Returns ``[B, N*K*R, H, W]``, grouped by window i then window position j.
+        Returns ``N*K`` tensors ``[B, R, H, W]``, window i then window position j.
+        Returned split (not as one tensor sliced later) because split's backward is one
+        concatenation, while every slice's backward zero-fills a full-size gradient.
         """
         c = hidden.shape[1]
         weight = torch.cat(
             [conv.weight[:, j * c : (j + 1) * c] for conv in self.preprocess for j in range(self.window)], dim=0
         )
-        return F.conv2d(hidden, weight, padding=self.kernel_size // 2)
+        return F.conv2d(hidden, weight, padding=self.kernel_size // 2).split(self.rank, dim=1)
 
-    def from_projections(self, projections: Sequence[Tensor]) -> Tensor:
+    def from_projections(self, projections: Sequence[Sequence[Tensor]]) -> Tensor:
         """``T_{N-1}`` from the :meth:`project` outputs of the last M hidden states (oldest first)."""
-        r, k = self.rank, self.window
+        k = self.window
         u = []
         for i, conv in enumerate(self.preprocess):
-            acc = conv.bias[None, :, None, None]
-            for j in range(k):
-                slot = (i * k + j) * r
-                acc = acc + projections[i + j][:, slot : slot + r]
+            acc = projections[i][i * k] + conv.bias[None, :, None, None]
+            for j in range(1, k):
+                acc = acc + projections[i + j][i * k + j]
             u.append(acc)
         return self.combine(u)
 

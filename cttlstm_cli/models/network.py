@@ -169,10 +169,10 @@ class VideoPredictionNetwork(nn.Module):
                 x = torch.cat([x, block_outputs[src]], dim=1)
             for _ in range(layers):
                 cell, s = next(cells), next(states)
-                gates = cell.input_gates(x).unflatten(0, (batch, steps))
+                # unbind, not gates[:, t]: each indexing's backward would zero-fill a full-size gradient.
                 hidden = []
-                for t in range(steps):
-                    h, s = cell.recurrent_step(gates[:, t], s)
+                for gates in cell.input_gates(x).unflatten(0, (batch, steps)).unbind(1):
+                    h, s = cell.recurrent_step(gates, s)
                     hidden.append(h)
                 x = torch.stack(hidden, dim=1).flatten(0, 1)
                 new_state.append(s)

@@ -240,6 +240,7 @@ class Trainer:
             return
         if run.root.exists() and any(p.exists() for p in (run.recipe, run.last, run.previous, run.best)):
             raise CttlstmError(f"--out {run.root} already holds a run; pass --resume to continue it or choose another --out")
+        self.dist.barrier()  # every rank has looked before rank 0 writes
         if self.dist.is_main:
             run.root.mkdir(parents=True, exist_ok=True)
             tmp = run.recipe.with_name(".recipe.yaml.tmp")
