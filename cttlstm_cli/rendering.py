@@ -1,0 +1,144 @@
+"""Animations of predicted frames: labelled side-by-side panels written as GIF or MP4 (imageio).
+
+Frames are uint8 ``[T, H, W, 3]`` arrays. :func:`compose` lays several equally long
+frame sequences side by side, upscaled (nearest neighbour) so that small frames such as
+64×64 Moving-MNIST stay visible, with a title above every panel and a caption (the frame
+counter) below. :func:`write_animation` picks GIF or MP4 from the file extension and writes
+to a temporary name first, so a failed or interrupted write never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cttlstm_cli.errors import CttlstmError
+
+#: file extensions write_animation understands
+ANIMATION_EXTENSIONS = (".gif", ".mp4")
+BACKGROUND = 24
+TEXT_COLOR = (235, 235, 235)
+LABEL_HEIGHT = 16
+GAP = 4
+
+
+def to_uint8_rgb(frames: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """``[T, H, W, C]`` (or ``[T, C, H, W]`` with ``channels_first``) uint8 or float in [0, 1] → uint8 RGB ``[T, H, W, 3]``."""
+    arr = np.asarray(frames)
+    if channels_first:
+        arr = arr.transpose(0, 2, 3, 1)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[-1] != 3:
+        raise ValueError(f"frames must have 1, 3 or 4 channels, got {arr.shape[-1]}")
+    return np.ascontiguousarray(arr)
+
+
+def upscale_factor(height: int, width: int, target: int = 128, max_factor: int = 8) -> int:
+    """The integer zoom that brings the longer side to at least ``target`` pixels (1 for large frames)."""
+    return int(max(1, min(max_factor, math.ceil(target / max(height, width)))))
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no size argument
+        return ImageFont.load_default()
+
+
+def _label(width: int, text: str, font) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, LABEL_HEIGHT), (BACKGROUND,) * 3)
+    draw = ImageDraw.Draw(img)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = max(2, (width - (right - left)) // 2)
+    y = max(0, (LABEL_HEIGHT - (bottom - top)) // 2 - top)
+    draw.text((x, y), text, fill=TEXT_COLOR, font=font)
+    return np.asarray(img)
+
+
+def compose(
+    panels: Sequence[np.ndarray],
+    titles: Sequence[str],
+    captions: Sequence[str],
+    scale: int | None = None,
+) -> np.ndarray:
+    """Lay ``panels`` (each uint8 ``[T, H, W, 3]``, same shape) side by side, titled, with one caption per frame.
+
+    Returns uint8 ``[T, LABEL + s·H + LABEL, n·s·W + (n−1)·GAP, 3]`` where ``s`` is ``scale``
+    (default :func:`upscale_factor`).
+    """
+    if not panels:
+        raise ValueError("no panels")
+    t, h, w, _ = panels[0].shape
+    if any(p.shape != panels[0].shape for p in panels):
+        raise ValueError("panels differ in shape")
+    if len(captions) != t or len(titles) != len(panels):
+        raise ValueError("one title per panel and one caption per frame are needed")
+    s = scale or upscale_factor(h, w)
+    n = len(panels)
+    width = n * s * w + (n - 1) * GAP
+    height = LABEL_HEIGHT + s * h + LABEL_HEIGHT
+    font = _font()
+    out = np.full((t, height, width, 3), BACKGROUND, dtype=np.uint8)
+    for i, (panel, title) in enumerate(zip(panels, titles)):
+        x0 = i * (s * w + GAP)
+        big = panel.repeat(s, axis=1).repeat(s, axis=2) if s > 1 else panel
+        out[:, LABEL_HEIGHT : LABEL_HEIGHT + s * h, x0 : x0 + s * w] = big
+        out[:, :LABEL_HEIGHT, x0 : x0 + s * w] = _label(s * w, title, font)
+    for k, caption in enumerate(captions):
+        out[k, LABEL_HEIGHT + s * h :] = _label(width, caption, font)
+    return out
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    """H.264 in yuv420p needs even dimensions: pad one background row/column where odd."""
+    _, h, w, _ = frames.shape
+    ph, pw = h % 2, w % 2
+    if not (ph or pw):
+        return frames
+    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=BACKGROUND)
+
+
+def write_animation(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> Path:
+    """Write uint8 ``[T, H, W, 3]`` frames as a looping GIF or an H.264 MP4 (by ``path``'s extension), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ANIMATION_EXTENSIONS:
+        raise CttlstmError(f"--out must end in .gif or .mp4, got {path.name}")
+    if fps <= 0:
+        raise CttlstmError(f"--fps must be positive, got {fps}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix}")
+    try:
+        if suffix == ".gif":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        else:
+            import imageio.v2 as iio2
+
+            iio2.mimwrite(tmp, list(_pad_even(frames)), format="FFMPEG", fps=fps, codec="libx264",
+                          macro_block_size=1, pixelformat="yuv420p", quality=8)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CttlstmError(f"cannot write {path}: {err}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+__all__ = ["ANIMATION_EXTENSIONS", "compose", "to_uint8_rgb", "upscale_factor", "write_animation"]
