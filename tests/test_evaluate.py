@@ -86,7 +86,7 @@ def test_several_horizons_and_default_output_dir(cli, trained_smoke) -> None:
     assert [h["future_frames"] for h in rep["horizons"]] == [3, 6]
     assert [len(h["per_frame"]["mse"]) for h in rep["horizons"]] == [3, 6]
     assert rep["metrics"] == rep["horizons"][0]["metrics"]
-    folder = trained_smoke.run / "eval-test-3-6"
+    folder = trained_smoke.run / "eval-test-3-6-paper"
     assert (folder / "report.json").is_file() and (folder / "per_frame.png").is_file()
 
 

@@ -141,7 +141,7 @@ def evaluate(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N clips of the split (quick checks)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: the recipe's data.workers)."),
     device: str = DEVICE_OPTION,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json and per_frame.png (default: <run dir>/eval-<split>-<F>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json and per_frame.png (default: <run dir>/eval-<split>-<F>-<convention>)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (with several checkpoints: {\"checkpoints\": [...]})."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -209,7 +209,7 @@ def evaluate(
 
     if len(reports) == 1:
         rep = reports[0]
-        folder = out or default_output_dir(checkpoints[0], split, [h["future_frames"] for h in rep["horizons"]])
+        folder = out or default_output_dir(checkpoints[0], split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
         write_json_atomic(folder / "report.json", rep)
         plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
         written = [folder]
@@ -223,7 +223,7 @@ def evaluate(
         else:
             written = []
             for arg, rep in zip(checkpoints, reports):
-                folder = default_output_dir(arg, split, [h["future_frames"] for h in rep["horizons"]])
+                folder = default_output_dir(arg, split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
                 write_json_atomic(folder / "report.json", rep)
                 plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
                 written.append(folder)

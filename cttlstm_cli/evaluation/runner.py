@@ -412,12 +412,13 @@ def evaluate_checkpoint(
     )
 
 
-def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int]) -> Path:
-    """Where a report goes without ``--out``: ``<run dir>/eval-<split>-<F>`` for a run directory
-    or its ``best.pt``, else ``<dir>/<stem>-eval-<split>-<F>`` beside the checkpoint file
-    (``F`` joined by ``-`` for several horizons)."""
+def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int], convention: str) -> Path:
+    """Where a report goes without ``--out``: ``<run dir>/eval-<split>-<F>-<convention>`` for a
+    run directory or its ``best.pt``, else ``<dir>/<stem>-eval-<split>-<F>-<convention>`` beside
+    the checkpoint file (``F`` joined by ``-`` for several horizons). The convention is in the
+    name so that reports under different conventions never overwrite each other."""
     path = Path(checkpoint)
-    name = f"eval-{split}-{'-'.join(str(f) for f in future)}"
+    name = f"eval-{split}-{'-'.join(str(f) for f in future)}-{convention}"
     if path.is_dir():
         return path / name
     if path.name == "best.pt":
