@@ -132,6 +132,7 @@ class TrainConfig(Section):
     lr_decay: LRDecay = Field(default_factory=LRDecay)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    channels_last: bool = False
     seed: int = 0
     prediction_weight: float = Field(1.0, ge=0.0, description="lambda in lambda * L_prediction + cross-entropy (classifier models)")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")

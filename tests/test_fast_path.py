@@ -58,3 +58,10 @@ def test_fast_training_gradients_equal_reference_in_float32() -> None:
     for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
         scale = q.grad.abs().max().clamp_min(1e-12)
         assert ((p.grad - q.grad).abs().max() / scale) <= 1e-5, name
+
+
+def test_channels_last_weights_give_the_same_rollout() -> None:
+    fast, ref = pair(dict(cell="convttlstm", order=3, steps=3), dtype=torch.float32)
+    fast = fast.to(memory_format=torch.channels_last)
+    clips = torch.rand(2, 7, 1, 12, 8)
+    torch.testing.assert_close(fast(clips, 3, 4, 1.0), ref(clips, 3, 4, 1.0), rtol=1e-5, atol=1e-6)

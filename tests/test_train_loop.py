@@ -188,3 +188,12 @@ def test_activity_classifier_shapes_and_loss() -> None:
     losses = [float(train_step(model, opt, clips, recipe, 0.0, labels=labels)) for _ in range(8)]
     assert losses[-1] < losses[0]
     assert all(p.grad is not None for p in model.classifier.parameters())
+
+
+def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
+    recipe = smoke(train__precision="bf16", train__channels_last="true", train__epochs=2)
+    result = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data()).fit()
+    assert result.steps == 16
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if r["kind"] == "val"]
+    assert val[-1] < val[0]
