@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cttlstm_cli.data.dataset import EarlyActivityDataset, open_dataset
-from cttlstm_cli.evaluation.metrics import MetricAccumulator, mse, psnr, ssim
+from cttlstm_cli.evaluation.metrics import mse, psnr, ssim
 from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
 from cttlstm_cli.recipe import ModelConfig, load_recipe

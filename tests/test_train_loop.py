@@ -51,7 +51,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     recipe = smoke()
-    full = Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data()).fit()
+    Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data()).fit()
     Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data()).fit(max_steps=11)  # stops mid-epoch 1
     resumed = Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data(), resume=True)
     assert (resumed.step, resumed.epoch, resumed.position) == (11, 1, 3)

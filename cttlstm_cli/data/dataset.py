@@ -53,6 +53,15 @@ def check_manifest(
         raise CttlstmError(f"dataset at {root} is '{manifest.get('dataset')}' but the recipe asks for '{dataset}'")
 
 
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(clips, labels or None)`` of a batch: a tensor, a ``(frames, label)`` pair or a dict."""
+    if isinstance(batch, dict):
+        return batch["frames"], batch.get("label")
+    if isinstance(batch, (list, tuple)):
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
+
+
 class ClipDataset(Dataset):
     """Clips of ``clip_frames`` frames from one split of a prepared dataset (see the module doc)."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare
 from cttlstm_cli.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video
 from cttlstm_cli.errors import CttlstmError
 
@@ -60,9 +60,7 @@ def build_folder(
     progress: bool = True,
 ) -> PrepareResult:
     """Prepare a user's folder of videos, resized to ``size`` with 1 (gray) or 3 channels, split by fractions."""
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise CttlstmError(f"SOURCE not found or not a folder: {source}")
+    source, out = require_folder(source), Path(out)
     videos, others = find_videos(source)
     if not videos:
         raise CttlstmError(f"no videos found in {source} (looked for mp4, avi, webm, mov, mkv, gif, npy and frame-image folders)")

@@ -64,6 +64,14 @@ class PrepareResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def require_folder(source: str | Path) -> Path:
+    """``source`` as a Path, or a one-line error when it is not an existing folder."""
+    path = Path(source)
+    if not path.is_dir():
+        raise CttlstmError(f"SOURCE not found or not a folder: {path}")
+    return path
+
+
 def normalize_options(options: dict[str, Any]) -> dict[str, Any]:
     """JSON round trip, so tuples/lists and Paths compare equal to what a manifest holds."""
     return json.loads(json.dumps(options, default=str))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare
 from cttlstm_cli.data.video import read_video
 from cttlstm_cli.errors import CttlstmError
 
@@ -90,9 +90,7 @@ def build_ssv2(
     progress: bool = True,
 ) -> PrepareResult:
     """Prepare SSv2 (optionally a template subset) from its video folder and label JSON files."""
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise CttlstmError(f"SOURCE not found or not a folder: {source}")
+    source, out = require_folder(source), Path(out)
     places = [Path(labels_dir)] if labels_dir is not None else [source, source.parent]
     train_list = _load_list(_find(TRAIN_JSON, places))
     val_list = _load_list(_find(VAL_JSON, places))

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from cttlstm_cli.data.dataset import split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, get_convention, parse_metrics
 from cttlstm_cli.recipe import CELL_NAMES, DataConfig, Recipe
@@ -217,7 +218,7 @@ def evaluate_frames(
     if progress:
         progress(description, 0, total)
     for batch in _loader(dataset, batch_size, workers, device):
-        clips = batch[0] if isinstance(batch, (list, tuple)) else batch
+        clips, _ = split_batch(batch)
         clips = clips.to(device, non_blocking=True).float()
         pred = model(clips[:, :context], future_frames=future)
         accumulator.update(pred.float(), clips[:, context : context + future])

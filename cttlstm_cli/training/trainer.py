@@ -26,9 +26,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cttlstm_cli.data.dataset import split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import build_model
-from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint, unwrap
+from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import autocast, make_optimizer, model_loss, train_step
@@ -472,14 +473,6 @@ class Trainer:
             self.save(self.run.best)
         self.save()
 
-
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(clips, labels or None)`` of a batch: a tensor, a ``(frames, label)`` pair or a dict."""
-    if isinstance(batch, dict):
-        return batch["frames"], batch.get("label")
-    if isinstance(batch, (list, tuple)):
-        return batch[0], batch[1] if len(batch) > 1 else None
-    return batch, None
 
 
 def iterate_json_lines(path: Path) -> Iterator[dict[str, Any]]:
