@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from cttlstm_cli.data import shards as fmt
 
 
 class BouncingSquares(Dataset):
@@ -24,3 +29,21 @@ class BouncingSquares(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.data[index]
+
+
+def labelled_dataset(root: Path, videos: int = 6, frames: int = 16, size: int = 32) -> Path:
+    """A tiny prepared ssv2-style dataset: gray noise videos labelled 0, 1, 2 in turn, two groups."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    splits = {}
+    for split in ("train", "val", "test"):
+        writer = fmt.ShardWriter(root / fmt.shard_name(split, 0))
+        for v in range(videos):
+            writer.add(rng.integers(0, 256, (frames, size, size, 1), dtype=np.uint8), f"{split}{v}", f"{split}{v}.webm", label=v % 3)
+        entry = writer.close()
+        splits[split] = {"videos": videos, "frames": videos * frames, "shards": [entry["file"]],
+                         "sources": entry["sources"], "labels": entry["labels"]}
+    fmt.write_manifest(root, {"format_version": 1, "dataset": "ssv2", "frame_size": [size, size], "channels": 1,
+                              "splits": splits, "label_names": ["push", "pull", "drop"],
+                              "groups": {"moving": [0, 1], "falling": [2]}})
+    return root

@@ -17,6 +17,7 @@ from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
 from cttlstm_cli.recipe import ModelConfig, load_recipe
 
+from synthetic import labelled_dataset
 from conftest import RECIPES
 
 LPIPS_WEIGHTS = Path.home() / ".cache" / "cttlstm" / "lpips" / "alexnet.ckpt"
@@ -148,27 +149,8 @@ def test_authors_checkpoint_with_data(cli, trained_smoke, tmp_path: Path) -> Non
     assert rep["metrics"] == pytest.approx(direct.primary.metrics, rel=1e-9)
 
 
-def _labelled_dataset(root: Path, videos: int = 6, frames: int = 16, size: int = 32) -> Path:
-    from cttlstm_cli.data import shards as fmt
-
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    splits = {}
-    for split in ("train", "val", "test"):
-        writer = fmt.ShardWriter(root / fmt.shard_name(split, 0))
-        for v in range(videos):
-            writer.add(rng.integers(0, 256, (frames, size, size, 1), dtype=np.uint8), f"{split}{v}", f"{split}{v}.webm", label=v % 3)
-        entry = writer.close()
-        splits[split] = {"videos": videos, "frames": videos * frames, "shards": [entry["file"]],
-                         "sources": entry["sources"], "labels": entry["labels"]}
-    fmt.write_manifest(root, {"format_version": 1, "dataset": "ssv2", "frame_size": [size, size], "channels": 1,
-                              "splits": splits, "label_names": ["push", "pull", "drop"],
-                              "groups": {"moving": [0, 1], "falling": [2]}})
-    return root
-
-
 def test_classifier_accuracy_overall_and_per_group(cli, tmp_path: Path) -> None:
-    data = _labelled_dataset(tmp_path / "ssv2")
+    data = labelled_dataset(tmp_path / "ssv2")
     recipe = load_recipe(RECIPES / "smoke.yaml", [f"data.path={data}", "data.dataset=ssv2", "model.classes=3",
                                                   "data.observed_fraction=0.5", "data.input_frames=4", "data.future_frames=3"])
     torch.manual_seed(1)

@@ -97,3 +97,44 @@ def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
     assert "recipe not found" in one_line_error("nope.yaml")
     assert "train.lr" in one_line_error(SMOKE, "--set", "train.lr=-1")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(smoke_data: Path, tmp_path: Path) -> None:
+    proc = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=50")
+    last = tmp_path / "run" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode()
+    saved = read_checkpoint(last)
+    assert 0 < saved["step"] < 50 * 16
+    # The saved state resumes.
+    resumed = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=1", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+
+
+def test_early_activity_training_from_the_command_line(cli, tmp_path: Path) -> None:
+    from cttlstm_cli.data.dataset import EarlyActivityDataset
+    from cttlstm_cli.recipe import load_recipe
+
+    from synthetic import labelled_dataset
+
+    data = labelled_dataset(tmp_path / "ssv2")
+    sets = [f"data.path={data}", "data.dataset=ssv2", "model.classes=3", "data.observed_fraction=0.5",
+            "data.input_frames=4", "data.future_frames=3", "train.epoch_clips=12", "train.batch_size=4", "train.epochs=2"]
+    recipe = load_recipe(SMOKE, sets)
+    ds = EarlyActivityDataset.from_recipe(recipe.data, "train", clips_per_epoch=12)
+    # 16 stored frames, the first half observed: 4 evenly spaced context frames, then the next 3.
+    assert ds.frame_indices(16).tolist() == [0, 2, 5, 7, 8, 9, 10]
+    clip, label = ds[0]
+    assert clip.shape == (7, 1, 32, 32) and label in (0, 1, 2)
+    args = ["train", SMOKE, "--out", tmp_path / "run", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    result = cli(*args)
+    assert result.code == 0, result.err
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 6 and any(k.startswith("classifier.") for k in ckpt["model"])

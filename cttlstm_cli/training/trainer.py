@@ -432,11 +432,13 @@ class Trainer:
             window_clips += clips.shape[0] * self.dist.world
             if self.step % cfg.log_every == 0 or self.position == steps_per_epoch:
                 elapsed = time.perf_counter() - window_start
+                # Every rank logs at the same steps, so the window's loss is averaged over all ranks.
+                totals = self.dist.all_sum(torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64)]))
                 record = {
                     "kind": "train",
                     "step": self.step,
                     "epoch": self.epoch,
-                    "loss": float(loss_sum / loss_count),
+                    "loss": float(totals[0] / totals[1]),
                     "lr": lr,
                     "teacher_forcing": self.schedule.ratio,
                     "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
