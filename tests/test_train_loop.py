@@ -197,3 +197,14 @@ def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if r["kind"] == "val"]
     assert val[-1] < val[0]
+
+
+def test_fp16_with_grad_scaler_saves_and_resumes_scaler_state(tmp_path: Path) -> None:
+    recipe = smoke(train__precision="fp16")
+    trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data())
+    assert trainer.scaler is not None
+    trainer.fit(max_steps=3)
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")["scaler"]
+    assert saved["scale"] > 0 and "_growth_tracker" in saved
+    resumed = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data(), resume=True)
+    assert resumed.scaler.get_scale() == saved["scale"]
