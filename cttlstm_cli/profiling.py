@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cttlstm_cli.models import build_model
 from cttlstm_cli.models.cells import TTConv2d
 from cttlstm_cli.models.network import VideoPredictionNetwork, skip_source
 from cttlstm_cli.recipe import ModelConfig, Recipe
@@ -168,8 +169,6 @@ def profile_recipe(
     steps: int = 2,
 ) -> Profile:
     """Parameters, FLOPs and (optionally) the measured time of a 10,000-clip epoch."""
-    from cttlstm_cli.models import build_model
-
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe.model, recipe.data.channels).to(device)
     h, w = recipe.data.frame_size
