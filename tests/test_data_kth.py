@@ -120,3 +120,21 @@ def test_read_video_public_api(tmp_path: Path) -> None:
     assert read_video(tmp_path / "clip.npy").tolist()[0][0][0] == [128]
     with pytest.raises(VideoError, match="no such file"):
         read_video(tmp_path / "missing.mp4")
+
+
+def test_openstl_protocol_evaluation_windows(kth_source: Path, tmp_path: Path, cli) -> None:
+    """OpenSTL's KTH evaluation clips: non-overlapping, but every 3 frames for jogging and running."""
+    out = tmp_path / "kth"
+    assert cli("prepare", "kth", kth_source, "--out", out, "--size", "32", "-q").code == 0
+    ds = ClipDataset(out, "test", clip_frames=4, mode="sequential")
+    starts: dict[int, list[int]] = {}
+    for i in range(len(ds)):
+        video, start = ds.window(i)
+        starts.setdefault(video, []).append(start)
+    # test split: running (frames 2-11 of the sequence file -> stored 1..11), handclapping, jogging; 12 frames each
+    assert starts[1] == [0, 4, 8]  # handclapping: non-overlapping
+    assert starts[2] == [0, 3, 6]  # jogging: every 3 frames
+    assert starts[0] == [1, 4, 7]  # running, inside its sequence-file segment
+    # An explicit stride overrides the protocol's.
+    explicit = ClipDataset(out, "test", clip_frames=4, mode="sequential", stride=4)
+    assert sorted(s for v, s in map(explicit.window, range(len(explicit))) if v == 2) == [0, 4, 8]

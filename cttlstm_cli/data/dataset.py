@@ -8,7 +8,8 @@
   ``clips_per_epoch`` (default: the number of videos). With ``stride`` the start frames
   are restricted to ``segment_start + k * stride``.
 * ``mode="sequential"`` (val/test): every non-overlapping window in order (or windows
-  every ``stride`` frames), the same on every run.
+  every ``stride`` frames), the same on every run. KTH prepared with the OpenSTL
+  protocol follows it: jogging and running clips start every 3 frames.
 
 An item is a float32 tensor ``[T, C, H, W]`` in [0, 1]; with ``with_labels=True`` it is
 ``(clip, label)`` where label is an int (-1 when the dataset has none). HDF5 files are
@@ -124,15 +125,28 @@ class ClipDataset(Dataset):
             raise CttlstmError(f"no video in the '{split}' split of {root} has {clip_frames} frames for a clip")
         seg_video_a, lo_a, hi_a = (np.asarray(x, dtype=np.int64) for x in (seg_video, seg_lo, seg_hi))
         step = stride or (clip_frames if mode == "sequential" else 1)  # sequential default: non-overlapping
-        counts = (hi_a - lo_a - clip_frames) // step + 1
+        steps = np.full(len(seg_video_a), step, dtype=np.int64)
+        if mode == "sequential" and stride is None and self._openstl_kth():
+            # OpenSTL's KTH protocol cuts the fast actions' evaluation clips every 3 frames.
+            fast = [self.label_names.index(a) for a in ("jogging", "running")]  # type: ignore[union-attr]
+            steps = np.where(np.isin(self.labels[seg_video_a], fast), 3, step)
+        counts = (hi_a - lo_a - clip_frames) // steps + 1
         if mode == "sequential":
             self._win_video = np.repeat(seg_video_a, counts)
-            offsets = np.concatenate([np.arange(c) for c in counts]) * step
+            offsets = np.concatenate([np.arange(c) * s for c, s in zip(counts, steps)])
             self._win_start = np.repeat(lo_a, counts) + offsets
         else:
             self._seg_video, self._seg_lo, self._step = seg_video_a, lo_a, step
             self._cum = np.cumsum(counts)
         self.clips_per_epoch = clips_per_epoch if clips_per_epoch is not None else len(keys)
+
+    def _openstl_kth(self) -> bool:
+        return (
+            self.manifest.get("dataset") == "kth"
+            and self.manifest.get("protocol") == "openstl"
+            and self.label_names is not None
+            and {"jogging", "running"} <= set(self.label_names)
+        )
 
     @property
     def videos(self) -> int:
