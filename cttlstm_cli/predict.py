@@ -106,8 +106,7 @@ def predict_clip(
 ) -> Prediction:
     """Read ``clip``, load ``checkpoint`` (file or run directory; default :func:`newest_checkpoint`), predict."""
     from cttlstm_cli.data.video import VideoError, read_video
-    from cttlstm_cli.evaluation.runner import resolve_checkpoint_path
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe
+    from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
 
     if steps < 1:
         raise CttlstmError(f"--steps must be at least 1, got {steps}")

@@ -10,12 +10,12 @@ to a temporary name first, so a failed or interrupted write never leaves half a 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.errors import CttlstmError
 
 #: file extensions write_animation understands
@@ -121,23 +121,19 @@ def write_animation(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> P
         raise CttlstmError(f"--out must end in .gif or .mp4, got {path.name}")
     if fps <= 0:
         raise CttlstmError(f"--fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix}")
     try:
-        if suffix == ".gif":
-            import imageio.v3 as iio
+        with atomic_path(path) as tmp:
+            if suffix == ".gif":
+                import imageio.v3 as iio
 
-            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        else:
-            import imageio.v2 as iio2
+                iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+            else:
+                import imageio.v2 as iio2
 
-            iio2.mimwrite(tmp, list(_pad_even(frames)), format="FFMPEG", fps=fps, codec="libx264",
-                          macro_block_size=1, pixelformat="yuv420p", quality=8)
-        os.replace(tmp, path)
+                iio2.mimwrite(tmp, list(_pad_even(frames)), format="FFMPEG", fps=fps, codec="libx264",
+                              macro_block_size=1, pixelformat="yuv420p", quality=8)
     except OSError as err:
         raise CttlstmError(f"cannot write {path}: {err}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

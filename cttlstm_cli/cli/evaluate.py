@@ -162,9 +162,9 @@ def evaluate(
         default_output_dir,
         evaluate_checkpoint,
         parse_future,
-        resolve_checkpoint_path,
         write_json_atomic,
     )
+    from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
 
     # Validate everything cheap before any model or dataset is touched.
     horizons = parse_future(future)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.cli import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, console
 
@@ -59,15 +60,8 @@ def predict(
     frames = render(result, scale, error_panel=not no_error)
     npy = out.with_suffix(".npy")
     if save_npy:
-        import os
-
-        tmp = npy.with_name(f".{npy.stem}.tmp-{os.getpid()}.npy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with atomic_path(npy) as tmp:
             np.save(tmp, result.predictions.astype(np.float32))
-            os.replace(tmp, npy)
-        finally:
-            tmp.unlink(missing_ok=True)
     try:
         write_animation(out, frames, fps)
     except BaseException:

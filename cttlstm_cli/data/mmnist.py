@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.data import video
 from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
 from cttlstm_cli.errors import CttlstmError
@@ -183,10 +184,8 @@ def fallback_digits() -> np.ndarray:
     x, _ = mnist_data()
     digits = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, digits)
-        os.replace(tmp, cached)
+        with atomic_path(cached) as tmp:
+            np.save(tmp, digits)
     except OSError:  # a read-only home is no reason to fail
         pass
     return digits

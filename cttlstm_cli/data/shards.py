@@ -26,6 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from cttlstm_cli.atomic import write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 
 #: bump when the layout changes in a way old readers cannot handle
@@ -41,9 +42,7 @@ SPLITS = ("train", "val", "test")
 
 def _atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON to a temporary file and rename it, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from cttlstm_cli.atomic import atomic_path
 
 #: axis labels per metric (units follow the convention's scaling)
 _LABELS = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
@@ -53,13 +54,8 @@ def plot_per_frame(reports: Sequence[dict[str, Any]], path: str | Path, labels: 
     conventions = sorted({r["convention"] for r in reports})
     fig.suptitle(f"per-frame metrics, {', '.join(conventions)} convention ({reports[0].get('split', '')} split)", fontsize=11)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from cttlstm_cli.atomic import write_text_atomic
 from cttlstm_cli.data.dataset import split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, get_convention, parse_metrics
+from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
 from cttlstm_cli.recipe import CELL_NAMES, DataConfig, Recipe
 
 #: metrics evaluated by default for checkpoints without a recipe (the authors' files)
@@ -41,19 +43,6 @@ DEFAULT_CONTEXT = 10
 
 #: ``progress(description, done, total)``; called once with done=0 before each pass
 ProgressFn = Callable[[str, int, int], None]
-
-
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory's ``best.pt``; a missing one is a CttlstmError."""
-    path = Path(path)
-    if path.is_dir():
-        best = path / "best.pt"
-        if not best.is_file():
-            raise CttlstmError(f"{path} is a directory without best.pt (not a run directory?)")
-        return best
-    if not path.exists():
-        raise CttlstmError(f"checkpoint not found: {path}")
-    return path
 
 
 def parse_future(values: Sequence[str | int] | None) -> list[int] | None:
@@ -380,7 +369,6 @@ def evaluate_checkpoint(
     Moving-MNIST is prepared on demand when ``prepare`` (like ``cttlstm train``).
     """
     from cttlstm_cli.data.dataset import ensure_mmnist
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe
 
     path = resolve_checkpoint_path(checkpoint)
     device = torch.device(device)
@@ -430,17 +418,8 @@ def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int]
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to a temporary name beside ``path``, then rename."""
     import json
-    import os
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 __all__ = [
@@ -455,6 +434,5 @@ __all__ = [
     "evaluate_frames",
     "evaluate_model",
     "parse_future",
-    "resolve_checkpoint_path",
     "write_json_atomic",
 ]

@@ -9,7 +9,6 @@ so their hyper-parameters are inferred from the tensor shapes.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.network import VideoPredictionNetwork, skip_source
 from cttlstm_cli.recipe import ModelConfig, Recipe, recipe_from_dict
@@ -29,14 +29,8 @@ _LAYER = re.compile(r"^b(\d+)l(\d+)$")
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | Path, model: VideoPredictionNetwork, recipe: Recipe, **extra: Any) -> None:
@@ -184,15 +178,25 @@ def _infer_skip_stride(blocks: list[int], widths: list[int], in_channels: list[i
     raise CttlstmError("cannot infer the skip connections from the layer input widths")
 
 
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's ``best.pt``; a missing one is a CttlstmError."""
+    path = Path(path)
+    if path.is_dir():
+        best = path / "best.pt"
+        if not best.is_file():
+            raise CttlstmError(f"{path} is a directory without best.pt (not a run directory?)")
+        return best
+    if not path.exists():
+        raise CttlstmError(f"checkpoint not found: {path}")
+    return path
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoPredictionNetwork:
     """Load a checkpoint (this project's, or the authors' released one) as an eval-mode network.
 
     ``path`` may also be a run directory, in which case its ``best.pt`` is used.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    model, _ = load_model_and_recipe(path, device)
+    model, _ = load_model_and_recipe(resolve_checkpoint_path(path), device)
     return model
 
 

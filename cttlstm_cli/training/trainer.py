@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cttlstm_cli.atomic import write_text_atomic
 from cttlstm_cli.data.dataset import split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import build_model
@@ -245,10 +246,7 @@ class Trainer:
             raise CttlstmError(f"--out {run.root} already holds a run; pass --resume to continue it or choose another --out")
         self.dist.barrier()  # every rank has looked before rank 0 writes
         if self.dist.is_main:
-            run.root.mkdir(parents=True, exist_ok=True)
-            tmp = run.recipe.with_name(".recipe.yaml.tmp")
-            tmp.write_text(yaml.safe_dump(current, sort_keys=False))
-            os.replace(tmp, run.recipe)
+            write_text_atomic(run.recipe, yaml.safe_dump(current, sort_keys=False))
         self.dist.barrier()
 
     def _load_last(self) -> None:
@@ -283,9 +281,7 @@ class Trainer:
         if not self.dist.is_main or not self.run.metrics.exists():
             return
         keep = [ln for ln in self.run.metrics.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        tmp = self.run.metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.run.metrics)
+        write_text_atomic(self.run.metrics, "".join(ln + "\n" for ln in keep))
 
     def save(self, path: Path | None = None) -> None:
         """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``."""
@@ -474,12 +470,3 @@ class Trainer:
         if improved:
             self.save(self.run.best)
         self.save()
-
-
-
-def iterate_json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a ``metrics.jsonl``."""
-    for line in path.read_text().splitlines():
-        if line.strip():
-            yield json.loads(line)
-
