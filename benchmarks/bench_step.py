@@ -2,8 +2,10 @@
 
 The reference is the literal per-step algorithm (``model.use_reference()``: one conv
 over the channel concatenation per gate, every preprocessing conv recomputed each
-step), in eager fp32. Each variant is timed in the same process, after warm-up, and
-reported as seconds per step and as a ratio to the reference.
+step), in eager fp32 with PyTorch's default convolutions. Every variant is built in
+the same process, warmed up, then timed round-robin (one call of each per round) so
+that a shared machine's drift hits all alike; the median per variant is reported as
+seconds per step and as a ratio to the reference.
 
     python benchmarks/bench_step.py                       # the CPU goal: 32x32, batch 2
     python benchmarks/bench_step.py --device cuda --size 128 --batch 16 --recipe kth --compile
@@ -21,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cttlstm_cli.models import build_model  # noqa: E402
+from cttlstm_cli.models.conv import CpuConv, set_cpu_conv  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
 from cttlstm_cli.training.step import make_optimizer, train_step  # noqa: E402
 
@@ -38,18 +42,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
+def interleaved(fns: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed round-robin after ``warmup`` calls each.
+
+    Round-robin, so that slow drifts of a shared machine hit every variant alike.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -60,7 +69,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--teacher-forcing", type=float, default=1.0, help="ground-truth ratio of the timed steps")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds; every round runs each variant once")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
     ap.add_argument("--channels-last", action="store_true", help="also time channels_last memory format")
     ap.add_argument("--inference-future", type=int, default=30, help="10 -> F inference throughput")
@@ -71,20 +80,22 @@ def main() -> None:
     path = Path(args.recipe) if Path(args.recipe).is_file() else recipes / f"{args.recipe}.yaml"
     device = torch.device(args.device)
     torch.manual_seed(0)
-    variants: list[tuple[str, bool, str, bool, bool]] = [
-        # name, reference, precision, compile, channels_last
-        ("reference fp32", True, "fp32", False, False),
-        ("fast fp32", False, "fp32", False, False),
-        ("fast bf16", False, "bf16", False, False),
+    # name, reference, precision, compile, channels_last, cpu conv
+    variants: list[tuple[str, bool, str, bool, bool, CpuConv]] = [
+        ("reference fp32", True, "fp32", False, False, "onednn"),
+        ("fast fp32", False, "fp32", False, False, "auto"),
     ]
+    if device.type == "cpu":
+        variants += [("fast fp32, oneDNN convs only", False, "fp32", False, False, "onednn")]
+    variants += [("fast bf16", False, "bf16", False, False, "auto")]
     if args.channels_last:
-        variants += [("fast bf16 channels_last", False, "bf16", False, True)]
+        variants += [("fast bf16 channels_last", False, "bf16", False, True, "auto")]
     if args.compile:
-        variants += [("fast bf16 compiled", False, "bf16", True, False)]
+        variants += [("fast bf16 compiled", False, "bf16", True, False, "auto")]
 
-    results = []
-    base = None
-    for name, reference, precision, compiled, channels_last in variants:
+    train_fns: dict[str, Callable[[], None]] = {}
+    infer_fns: dict[str, Callable[[], None]] = {}
+    for name, reference, precision, compiled, channels_last, cpu_conv in variants:
         recipe = load_recipe(path, [f"train.precision={precision}", f"data.frame_size=[{args.size},{args.size}]"])
         torch.manual_seed(0)
         net = build_model(recipe.model, recipe.data.channels).to(device).use_reference(reference)
@@ -95,28 +106,36 @@ def main() -> None:
         optimizer = make_optimizer(net, recipe, device)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-        def step() -> None:
+        def train(model=model, optimizer=optimizer, clips=clips, recipe=recipe, scaler=scaler, cpu_conv=cpu_conv) -> None:
+            set_cpu_conv(cpu_conv)
             train_step(model, optimizer, clips, recipe, args.teacher_forcing, scaler, torch.Generator().manual_seed(0))
 
-        train_s = timed(step, device, args.warmup, args.repeats)
-        context = clips[:, : recipe.data.input_frames]
-
-        def infer() -> None:
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        def infer(model=model, context=clips[:, : recipe.data.input_frames], bf16=precision == "bf16", cpu_conv=cpu_conv) -> None:
+            set_cpu_conv(cpu_conv)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 model(context, future_frames=args.inference_future)
 
-        infer_s = timed(infer, device, 1, args.repeats)
-        base = base or train_s
+        train_fns[name], infer_fns[name] = train, infer
+
+    train_times = interleaved(train_fns, device, args.warmup, args.repeats)
+    infer_times = interleaved(infer_fns, device, 1, args.repeats)
+    set_cpu_conv("auto")
+    base = statistics.median(train_times[variants[0][0]])
+    results = []
+    for name, *_ in variants:
+        train_s = statistics.median(train_times[name])
+        infer_s = statistics.median(infer_times[name])
         row = {
             "variant": name,
             "train_step_s": train_s,
+            "train_step_s_min": min(train_times[name]),
             "train_ratio": train_s / base,
             "train_clips_per_s": args.batch / train_s,
             f"infer_10to{args.inference_future}_clips_per_s": args.batch / infer_s,
         }
         results.append(row)
         print(
-            f"{name:28s} train {train_s:8.3f} s/step  ratio {train_s / base:5.2f}  "
+            f"{name:30s} train {train_s:8.3f} s/step (min {min(train_times[name]):.3f})  ratio {train_s / base:5.2f}  "
             f"infer 10->{args.inference_future} {args.batch / infer_s:8.2f} clips/s",
             flush=True,
         )
@@ -130,6 +149,8 @@ def main() -> None:
         "size": args.size,
         "batch": args.batch,
         "teacher_forcing": args.teacher_forcing,
+        "repeats": args.repeats,
+        "statistic": "median of round-robin repeats",
     }
     print(json.dumps(meta))
     if args.json:

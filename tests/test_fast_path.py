@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cttlstm_cli.models import build_model
+from cttlstm_cli.models import build_model, conv
 from cttlstm_cli.recipe import ModelConfig
 
 CONFIGS = [
@@ -65,3 +65,24 @@ def test_channels_last_weights_give_the_same_rollout() -> None:
     fast = fast.to(memory_format=torch.channels_last)
     clips = torch.rand(2, 7, 1, 12, 8)
     torch.testing.assert_close(fast(clips, 3, 4, 1.0), ref(clips, 3, 4, 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_training_with_nnpack_convs_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide enough layers and a long enough prefix that the batched input convs take NNPACK."""
+    calls = []
+    nnpack = conv._nnpack_conv
+    monkeypatch.setattr(conv, "_nnpack_conv", lambda *a: (calls.append(a[0].shape), nnpack(*a))[1])
+    torch.manual_seed(0)
+    cfg = ModelConfig(blocks=[1, 1, 1, 1], channels=[16, 16, 16, 16], rank=4, kernel=3, order=3, steps=3)
+    fast = build_model(cfg)
+    ref = build_model(cfg).use_reference()
+    ref.load_state_dict(fast.state_dict())
+    clips = torch.rand(2, 20, 1, 32, 32)
+    for model in (fast, ref):
+        out = model(clips, 10, 10, 1.0)
+        ((out - clips[:, 1:]).abs().mean() + (out - clips[:, 1:]).pow(2).mean()).backward()
+    # forward and input gradient of the 3 wide batched input convs (layer 0 sees 1 channel)
+    assert len(calls) == (6 if conv.nnpack_available() else 0)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        scale = q.grad.abs().max().clamp_min(1e-12)
+        assert ((p.grad - q.grad).abs().max() / scale) <= 1e-5, name

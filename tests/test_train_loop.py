@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models import build_model
+from cttlstm_cli.models import build_model, cells
 from cttlstm_cli.models.checkpoint import read_checkpoint
 from cttlstm_cli.recipe import TrainConfig, load_recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
@@ -117,7 +117,7 @@ def test_plateau_schedule() -> None:
     assert restored == s
 
 
-def test_bf16_autocast_step_on_cpu() -> None:
+def test_bf16_autocast_step_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = smoke(train__precision="bf16")
     torch.manual_seed(0)
     model = build_model(recipe.model)
@@ -127,13 +127,13 @@ def test_bf16_autocast_step_on_cpu() -> None:
     loss = train_step(model, opt, clips, recipe, 0.5, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss > 0
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    # The step really ran in bf16: gate convs under autocast produce bf16 activations.
+    # The step really ran in bf16: under autocast every gate pre-activation is bf16.
     seen = []
-    hook = model.cells["b0l0"].input_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    update = cells.lstm_update
+    monkeypatch.setattr(cells, "lstm_update", lambda gates, c: (seen.append(gates.dtype), update(gates, c))[1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(clips[:, :5], future_frames=1)
-    hook.remove()
-    assert seen and all(d == torch.bfloat16 for d in seen)
+    assert len(seen) == 5 * len(model.cells) and all(d == torch.bfloat16 for d in seen)
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None:

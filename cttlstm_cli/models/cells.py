@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cttlstm_cli.models.conv import conv2d
 from cttlstm_cli.models.ctt import ConvTensorTrain, CTTForm, TTPadding
 
 CellState = tuple[Tensor, ...]
@@ -28,6 +29,13 @@ def lstm_update(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
     c = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
     return h, c
+
+
+def fast_conv(module: nn.Module, x: Tensor) -> Tensor:
+    """Apply a padded stride-1 ``nn.Conv2d`` through :func:`conv2d` (other modules as they are)."""
+    if isinstance(module, nn.Conv2d):
+        return conv2d(x, module.weight, module.bias, module.padding[0])
+    return module(x)
 
 
 class RecurrentCell(nn.Module):
@@ -46,7 +54,7 @@ class RecurrentCell(nn.Module):
 
     def input_gates(self, x: Tensor) -> Tensor:
         """``W * x`` plus the gate bias, for any number of stacked steps."""
-        return self.input_conv(x)
+        return fast_conv(self.input_conv, x)
 
     def forward(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
         return self.recurrent_step(self.input_gates(x), state)
@@ -93,7 +101,7 @@ class ConvLSTMCell(RecurrentCell):
 
     def recurrent_step(self, input_gates: Tensor, state: CellState) -> tuple[Tensor, CellState]:
         c, h = state
-        h, c = lstm_update(input_gates + self.state_conv(h), c)
+        h, c = lstm_update(input_gates + fast_conv(self.state_conv, h), c)
         return h, (c, h)
 
     def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:
@@ -151,7 +159,7 @@ class ConvTTLSTMCell(RecurrentCell):
         per_state = self.tt.order * self.tt.window
         projections = [flat[m * per_state : (m + 1) * per_state] for m in range(self.steps)]
         t = self.tt.from_projections(projections)
-        h, c = lstm_update(input_gates + self.state_conv(t), c)
+        h, c = lstm_update(input_gates + fast_conv(self.state_conv, t), c)
         return h, (c, *flat[per_state:], *self.tt.project(h), h)
 
     def reference_step(self, x: Tensor, state: CellState) -> tuple[Tensor, CellState]:

@@ -27,15 +27,18 @@ the frame edge:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cttlstm_cli.models.conv import conv2d
+
 TTPadding = Literal["composed", "stepwise"]
 CTTForm = Literal["sequential", "parallel"]
+ConvFn = Callable[..., Tensor]
 
 
 def compose_convs(
@@ -112,11 +115,15 @@ class ConvTensorTrain(nn.Module):
         """Map the M most recent hidden states (oldest first) to the R-channel ``T_{N-1}``."""
         return self.combine(self.preprocessed(history))
 
-    def combine(self, u: Sequence[Tensor]) -> Tensor:
-        """The tensor train over preprocessed windows, by the selected algorithm."""
+    def combine(self, u: Sequence[Tensor], conv: ConvFn = F.conv2d) -> Tensor:
+        """The tensor train over preprocessed windows, by the selected algorithm.
+
+        ``conv`` computes the convolutions (``F.conv2d`` signature); the fast path passes
+        :func:`~cttlstm_cli.models.conv.conv2d`, the reference the plain one.
+        """
         if self.form == "parallel":
-            return self.parallel(u)
-        return self.sequential(u)
+            return self.parallel(u, conv)
+        return self.sequential(u, conv)
 
     # The fast path never re-convolves old hidden states: P_i * window_i is linear in the
     # window, so each new state meets all N*K slices of the preprocessing kernels once,
@@ -133,7 +140,7 @@ class ConvTensorTrain(nn.Module):
         weight = torch.cat(
             [conv.weight[:, j * c : (j + 1) * c] for conv in self.preprocess for j in range(self.window)], dim=0
         )
-        return F.conv2d(hidden, weight, padding=self.kernel_size // 2).split(self.rank, dim=1)
+        return conv2d(hidden, weight, padding=self.kernel_size // 2).split(self.rank, dim=1)
 
     def from_projections(self, projections: Sequence[Sequence[Tensor]]) -> Tensor:
         """``T_{N-1}`` from the :meth:`project` outputs of the last M hidden states (oldest first)."""
@@ -144,14 +151,14 @@ class ConvTensorTrain(nn.Module):
             for j in range(1, k):
                 acc = acc + projections[i + j][i * k + j]
             u.append(acc)
-        return self.combine(u)
+        return self.combine(u, conv2d)
 
-    def sequential(self, u: Sequence[Tensor]) -> Tensor:
+    def sequential(self, u: Sequence[Tensor], conv: ConvFn = F.conv2d) -> Tensor:
         """Algorithm 2: the linear-time recursion over the cores."""
         if self.tt_padding == "stepwise":
             t = u[0]
             for core, u_i in zip(self.cores, u[1:]):
-                t = u_i + core(t)
+                t = u_i + conv(t, core.weight, core.bias, padding=core.padding[0])
             return t
         pad = self.kernel_size // 2
         m = self.margin
@@ -160,7 +167,7 @@ class ConvTensorTrain(nn.Module):
             # Valid convs shrink the widened canvas by one core's reach per step,
             # so U_i is widened by exactly what is left and the last T is frame-sized.
             r = m - i * pad
-            t = F.conv2d(t, core.weight, core.bias) + F.pad(u_i, (r, r, r, r))
+            t = conv(t, core.weight, core.bias) + F.pad(u_i, (r, r, r, r))
         return t
 
     def composed_kernels(self) -> tuple[Tensor, Tensor]:
@@ -185,7 +192,7 @@ class ConvTensorTrain(nn.Module):
         full = [F.pad(k, [(size - k.shape[-1]) // 2] * 4) for k in kernels]
         return torch.cat(full, dim=1), bias
 
-    def parallel(self, u: Sequence[Tensor]) -> Tensor:
+    def parallel(self, u: Sequence[Tensor], conv: ConvFn = F.conv2d) -> Tensor:
         """Algorithm 1: all composed kernels applied at once to the stacked ``U_i``."""
         weight, bias = self.composed_kernels()
-        return F.conv2d(torch.cat(list(u), dim=1), weight, bias, padding=weight.shape[-1] // 2)
+        return conv(torch.cat(list(u), dim=1), weight, bias, padding=weight.shape[-1] // 2)
