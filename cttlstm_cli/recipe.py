@@ -132,11 +132,25 @@ class TrainConfig(Section):
     lr_decay: LRDecay = Field(default_factory=LRDecay)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format; null: on under bf16/fp16, off in fp32"
+    )
     seed: int = 0
     prediction_weight: float = Field(1.0, ge=0.0, description="lambda in lambda * L_prediction + cross-entropy (classifier models)")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
+
+
+    @property
+    def use_channels_last(self) -> bool:
+        """Whether training runs in channels-last memory format.
+
+        By default only under mixed precision: there oneDNN's and cuDNN's low-precision
+        kernels are native NHWC, while the fp32 CPU fast path's NNPACK convs need NCHW.
+        """
+        if self.channels_last is None:
+            return self.precision != "fp32"
+        return self.channels_last
 
 
 class EvalConfig(Section):

@@ -191,8 +191,13 @@ def test_activity_classifier_shapes_and_loss() -> None:
 
 
 def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
-    recipe = smoke(train__precision="bf16", train__channels_last="true", train__epochs=2)
-    result = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data()).fit()
+    recipe = smoke(train__precision="bf16", train__epochs=2)
+    trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data())
+    # channels-last is the default under mixed precision, NCHW in fp32 (the NNPACK path)
+    assert trainer.net.cells["b1l0"].state_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not smoke().train.use_channels_last
+    assert not smoke(train__precision="bf16", train__channels_last="false").train.use_channels_last
+    result = trainer.fit()
     assert result.steps == 16
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if r["kind"] == "val"]

@@ -162,25 +162,26 @@ class VideoPredictionNetwork(nn.Module):
         states = iter(state)
         new_state: list[CellState] = []
         block_outputs: list[Tensor] = []
-        x = self.encoder(frames.flatten(0, 1))
+        # Time-major [P*B, ...]: each step is one contiguous slice, so splitting the batched
+        # gates costs nothing and its backward is a plain concatenation in any memory format.
+        x = self.encoder(frames.transpose(0, 1).flatten(0, 1))
         for b, layers in enumerate(cfg.blocks):
             src = skip_source(b, cfg.skip_stride) if b > 0 else None
             if src is not None:
                 x = torch.cat([x, block_outputs[src]], dim=1)
             for _ in range(layers):
                 cell, s = next(cells), next(states)
-                # unbind, not gates[:, t]: each indexing's backward would zero-fill a full-size gradient.
                 hidden = []
-                for gates in cell.input_gates(x).unflatten(0, (batch, steps)).unbind(1):
+                for gates in cell.input_gates(x).split(batch):
                     h, s = cell.recurrent_step(gates, s)
                     hidden.append(h)
-                x = torch.stack(hidden, dim=1).flatten(0, 1)
+                x = torch.cat(hidden)
                 new_state.append(s)
             block_outputs.append(x)
         src = skip_source(len(cfg.blocks), cfg.skip_stride)
         if src is not None:
             x = torch.cat([x, block_outputs[src]], dim=1)
-        return self.head(self.decoder(x)).unflatten(0, (batch, steps)), tuple(new_state)
+        return self.head(self.decoder(x)).unflatten(0, (steps, batch)).transpose(0, 1), tuple(new_state)
 
     def classify(self, state: NetworkState) -> Tensor:
         """Activity logits from the last recurrent layer's newest hidden state."""

@@ -211,7 +211,7 @@ class Trainer:
         cfg = recipe.train
         seed_everything(cfg.seed)
         net = build_model(recipe.model, recipe.data.channels).to(self.device)
-        if cfg.channels_last:
+        if cfg.use_channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.model: nn.Module = net
