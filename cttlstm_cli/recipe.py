@@ -8,6 +8,7 @@ are applied to the raw mapping before validation, so they are checked the same w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,7 +87,16 @@ class DataConfig(Section):
     observed_fraction: float | None = Field(
         None, gt=0.0, le=1.0, description="activity recognition: the fraction of each video the model sees (0.25 or 0.5 in the paper)"
     )
-    workers: int = Field(2, ge=0)
+    workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes per training process; null: half the cores, at most 8"
+    )
+
+    def resolved_workers(self, processes_per_machine: int = 1) -> int:
+        """``workers``, or by default half of this machine's cores shared among its processes (at most 8 each)."""
+        if self.workers is not None:
+            return self.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(8, cores // (2 * max(1, processes_per_machine))))
 
     @field_validator("frame_size")
     @classmethod
@@ -131,7 +141,9 @@ class TrainConfig(Section):
     scheduled_sampling: ScheduledSampling = Field(default_factory=ScheduledSampling)
     lr_decay: LRDecay = Field(default_factory=LRDecay)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile the model; true is mode 'default', 'reduce-overhead' adds CUDA graphs"
+    )
     channels_last: bool | None = Field(
         None, description="channels-last memory format; null: on under bf16/fp16, off in fp32"
     )

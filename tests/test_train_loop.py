@@ -32,6 +32,60 @@ def data(frames: int = 10):
     return BouncingSquares(64, frames, 32, seed=0), BouncingSquares(16, frames, 32, seed=1)
 
 
+class EpochClips(torch.utils.data.Dataset):
+    """Clips that depend on (epoch, index), tagged with (pid of the reader, epoch, index)."""
+
+    def __init__(self, clips: int = 64) -> None:
+        self.clips, self.epoch = clips, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.clips
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(1000 * self.epoch + index)
+        return torch.rand(10, 1, 32, 32, generator=g), torch.tensor([os.getpid(), self.epoch, index])
+
+
+def test_persistent_workers_see_every_epoch_and_resume_mid_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[tuple[int, int, int]]] = []
+    to_device = Trainer._to_device
+
+    def spy(self, batch):
+        if isinstance(batch, list):  # training batches; validation clips are bare tensors
+            seen[-1].extend(tuple(int(v) for v in tag) for tag in batch[1])
+        return to_device(self, batch)
+
+    def run(name: str, workers: int, **kw) -> Trainer:
+        seen.append([])
+        recipe = smoke(data__workers=workers, train__epochs=3)
+        trainer = Trainer(recipe, tmp_path / name, torch.device("cpu"), EpochClips(), data()[1], log=lambda _m: None, **kw)
+        return trainer
+
+    monkeypatch.setattr(Trainer, "_to_device", spy)
+    in_process = run("w0", 0)
+    in_process.fit()
+    persistent = run("w2", 2)
+    persistent.fit()
+    # Every epoch reads all 64 clips of that epoch, in order, with or without workers ...
+    expected = [(e, i) for e in range(3) for i in range(64)]
+    assert [(e, i) for _, e, i in seen[0]] == [(e, i) for _, e, i in seen[1]] == expected
+    # ... and the two worker processes persist for the whole run.
+    assert {p for p, _, _ in seen[0]} == {os.getpid()}
+    assert len({p for p, _, _ in seen[1]}) == 2 and os.getpid() not in {p for p, _, _ in seen[1]}
+    for key, value in in_process.net.state_dict().items():
+        assert torch.equal(value, persistent.net.state_dict()[key]), key
+    # Stopped after 5 steps of 8 clips (mid-epoch 0) and resumed: the rest of epoch 0, then on.
+    run("cut", 2).fit(max_steps=5)
+    resumed = run("cut", 2, resume=True)
+    resumed.fit()
+    assert [(e, i) for _, e, i in seen[-2] + seen[-1]] == expected
+    for key, value in resumed.net.state_dict().items():
+        assert torch.equal(value, in_process.net.state_dict()[key]), key
+
+
 def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
     recipe = smoke()
     result = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data()).fit()
@@ -213,3 +267,27 @@ def test_fp16_with_grad_scaler_saves_and_resumes_scaler_state(tmp_path: Path) ->
     assert saved["scale"] > 0 and "_growth_tracker" in saved
     resumed = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data(), resume=True)
     assert resumed.scaler.get_scale() == saved["scale"]
+
+
+def test_compile_option_trains_like_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile wraps the model in torch.compile with the recipe's mode. Inductor's code
+    generation takes about a minute on two cores, so the graph is run by the aot_eager
+    backend here: it still traces the whole rollout through dynamo and AOT autograd."""
+    modes = []
+    real_compile = torch.compile
+
+    def compile_for_test(model, mode=None, **kwargs):
+        modes.append(mode)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    eager = Trainer(smoke(), tmp_path / "eager", torch.device("cpu"), *data(), log=lambda _m: None)
+    compiled = Trainer(smoke(train__compile="reduce-overhead"), tmp_path / "compiled", torch.device("cpu"), *data(), log=lambda _m: None)
+    assert compiled.model is not compiled.net and modes == ["reduce-overhead"]
+    eager.fit(max_steps=3)
+    compiled.fit(max_steps=3)
+    for (name, a), b in zip(eager.net.named_parameters(), compiled.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert smoke(train__compile="true").train.compile is True
+    with pytest.raises(CttlstmError):
+        smoke(train__compile="fastest")

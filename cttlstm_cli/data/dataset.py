@@ -20,12 +20,13 @@ sample reads only its own frames.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.errors import CttlstmError
@@ -61,6 +62,49 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, (list, tuple)):
         return batch[0], batch[1] if len(batch) > 1 else None
     return batch, None
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` for ``indices``, skipping the first ``start_batch`` batches.
+
+    With :class:`EpochIndexed` this lets DataLoader workers persist across epochs: a
+    worker's copy of the dataset cannot see ``set_epoch`` calls made in the main process,
+    so the epoch travels with every index instead.
+    """
+
+    def __init__(self, indices: Sequence[int], batch_size: int) -> None:
+        self.indices, self.batch_size = indices, batch_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Serve ``epoch``, resuming after its first ``start_batch`` batches."""
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices[self.start_batch * self.batch_size :]:
+            yield self.epoch, int(index)
+
+    def __len__(self) -> int:
+        return max(0, len(self.indices) - self.start_batch * self.batch_size)
+
+
+class EpochIndexed(Dataset):
+    """Reads ``dataset[index]`` for ``(epoch, index)`` keys, calling ``set_epoch`` first where
+    the dataset has it (see :class:`EpochSampler`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self._epoch = epoch
+        return self.dataset[index]
 
 
 class ClipDataset(Dataset):

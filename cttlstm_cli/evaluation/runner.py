@@ -296,7 +296,7 @@ def evaluate_model(
     channels = getattr(model, "image_channels", data_cfg.channels)
     if channels != data_cfg.channels:
         raise CttlstmError(f"the model predicts {channels} channel(s) but the data has {data_cfg.channels}")
-    workers = data_cfg.workers if workers is None else workers
+    workers = data_cfg.resolved_workers() if workers is None else workers
     context = int(data_cfg.input_frames)
     model = model.to(device).eval()
     horizons: list[HorizonResult] = []

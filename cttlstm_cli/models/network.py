@@ -212,8 +212,12 @@ class VideoPredictionNetwork(nn.Module):
         state = self.init_state(batch, height, width, frames.device, frames.dtype)
         outputs: list[Tensor] = []
         # Inputs are known in advance for the context and, under full teacher forcing,
-        # for every step: the fast path runs that prefix layer-major.
-        known = steps if use_truth is not None and bool(use_truth.all()) else input_frames
+        # for every step: the fast path runs that prefix layer-major. A float of 1.0 says so
+        # without reading the mask (a data-dependent branch would break a compiled graph).
+        all_truth = isinstance(teacher_forcing, float | int) and teacher_forcing >= 1.0
+        if use_truth is not None and not all_truth:
+            all_truth = bool(use_truth.all())
+        known = steps if use_truth is not None and all_truth else input_frames
         start = 0
         if not self.reference and known > 1:
             prefix, state = self.sequence(frames[:, :known], state)

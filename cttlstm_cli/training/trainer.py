@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cttlstm_cli.atomic import write_text_atomic
-from cttlstm_cli.data.dataset import split_batch
+from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
@@ -117,6 +117,7 @@ class Distributed:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    local_world: int = 1  # processes on this machine (they share its cores)
 
     @property
     def is_main(self) -> bool:
@@ -144,7 +145,8 @@ def setup_distributed(device: torch.device) -> Distributed:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=rank, world=world, device=device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return Distributed(rank=rank, world=world, device=device, local_world=local_world)
 
 
 # --------------------------------------------------------------------------- random state
@@ -208,6 +210,9 @@ class Trainer:
         self.train_set, self.val_set = train_set, val_set
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self.progress_factory = progress
+        self._train_loader: DataLoader | None = None
+        self._train_sampler: EpochSampler | None = None
+        self._val_loader: DataLoader | None = None
         cfg = recipe.train
         seed_everything(cfg.seed)
         net = build_model(recipe.model, recipe.data.channels).to(self.device)
@@ -218,7 +223,7 @@ class Trainer:
         if self.dist.world > 1:
             self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
-            self.model = torch.compile(self.model)
+            self.model = torch.compile(self.model, mode="default" if cfg.compile is True else cfg.compile)
         self.optimizer = make_optimizer(net, recipe, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.schedule = PlateauSchedule.from_config(cfg)
@@ -323,21 +328,34 @@ class Trainer:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def _loader(self, dataset: Dataset, batch: int, start_batch: int = 0, drop_last: bool = True) -> DataLoader:
-        # Rank-strided indices, minus the batches already done this epoch: resuming mid-epoch
-        # sees exactly the batches an uninterrupted run would.
-        indices = list(range(len(dataset)))[self.dist.rank :: self.dist.world]  # type: ignore[arg-type]
-        indices = indices[start_batch * batch :]
-        workers = self.recipe.data.workers
+    def _loader(self, dataset: Dataset, batch: int, sampler: Any, drop_last: bool) -> DataLoader:
+        workers = self.recipe.data.resolved_workers(self.dist.local_world)
         return DataLoader(
             dataset,
             batch_size=batch,
-            sampler=indices,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
-            persistent_workers=False,
+            # Workers live for the whole run: the epoch travels with each index instead.
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
         )
+
+    def _train_batches(self, start_batch: int) -> DataLoader:
+        """This epoch's training batches, minus the ``start_batch`` already done (resume)."""
+        if self._train_loader is None:
+            rank_indices = range(self.dist.rank, len(self.train_set), self.dist.world)  # type: ignore[arg-type]
+            self._train_sampler = EpochSampler(rank_indices, self.recipe.train.batch_size)
+            self._train_loader = self._loader(EpochIndexed(self.train_set), self.recipe.train.batch_size, self._train_sampler, True)
+        self._train_sampler.set_epoch(self.epoch, start_batch)  # type: ignore[union-attr]
+        return self._train_loader
+
+    def _val_batches(self) -> DataLoader:
+        if self._val_loader is None:
+            rank_indices = range(self.dist.rank, len(self.val_set), self.dist.world)  # type: ignore[arg-type]
+            self._val_loader = self._loader(self.val_set, self.recipe.eval.batch_size, rank_indices, False)
+        return self._val_loader
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         clips, labels = split_batch(batch)
@@ -357,7 +375,7 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
-            for batch in self._loader(self.val_set, self.recipe.eval.batch_size, drop_last=False):
+            for batch in self._val_batches():
                 clips, labels = self._to_device(batch)
                 with autocast(self.recipe.train.precision, self.device):
                     loss = model_loss(self.model, clips, self.recipe, 0.0, labels=labels)
@@ -410,26 +428,26 @@ class Trainer:
 
     def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
         cfg = self.recipe.train
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)  # type: ignore[attr-defined]
         lr = cfg.lr * self.schedule.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         window_start, window_clips = time.perf_counter(), 0
-        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
-        for batch in self._loader(self.train_set, cfg.batch_size, start_batch=self.position):
+        # The loss is summed where it is computed: reading it every step would make the
+        # host wait for the GPU each step instead of queueing the next one.
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        for batch in self._train_batches(self.position):
             clips, labels = self._to_device(batch)
             gen = step_generator(cfg.seed + self.dist.rank, self.step)
             loss = train_step(self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels)
             self.step += 1
             self.position += 1
-            loss_sum += loss.double().cpu()
+            loss_sum += loss.double()
             loss_count += 1
             window_clips += clips.shape[0] * self.dist.world
             if self.step % cfg.log_every == 0 or self.position == steps_per_epoch:
                 elapsed = time.perf_counter() - window_start
                 # Every rank logs at the same steps, so the window's loss is averaged over all ranks.
-                totals = self.dist.all_sum(torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64)]))
+                totals = self.dist.all_sum(torch.stack([loss_sum.cpu(), torch.tensor(float(loss_count), dtype=torch.float64)]))
                 record = {
                     "kind": "train",
                     "step": self.step,
@@ -443,7 +461,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(self, record)
                 window_start, window_clips = time.perf_counter(), 0
-                loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+                loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             elif bar is not None:
                 bar.update(self, None)
             if self.step % cfg.checkpoint_every == 0:
