@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see 'cttlstm {err.ctx.command_path.partition(' ')[2]} --help')".replace("  ", " ") if err.ctx else ""
         print(f"error: {err.format_message()}{hint}", file=sys.stderr)
         return 2
-    except (click_exceptions.Exit, typer.Exit) as err:
+    except typer.Exit as err:  # typer's Exit and Abort are click's, under every typer version
         return err.exit_code
-    except (click_exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0

@@ -33,6 +33,7 @@ from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
+from cttlstm_cli.training.data import make_loader
 from cttlstm_cli.training.step import autocast, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
@@ -328,33 +329,24 @@ class Trainer:
 
     # -- data ----------------------------------------------------------------------------------
 
-    def _loader(self, dataset: Dataset, batch: int, sampler: Any, drop_last: bool) -> DataLoader:
-        workers = self.recipe.data.resolved_workers(self.dist.local_world)
-        return DataLoader(
-            dataset,
-            batch_size=batch,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=drop_last,
-            # Workers live for the whole run: the epoch travels with each index instead.
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+    def _workers(self) -> int:
+        return self.recipe.data.resolved_workers(self.dist.local_world)
 
     def _train_batches(self, start_batch: int) -> DataLoader:
         """This epoch's training batches, minus the ``start_batch`` already done (resume)."""
         if self._train_loader is None:
             rank_indices = range(self.dist.rank, len(self.train_set), self.dist.world)  # type: ignore[arg-type]
             self._train_sampler = EpochSampler(rank_indices, self.recipe.train.batch_size)
-            self._train_loader = self._loader(EpochIndexed(self.train_set), self.recipe.train.batch_size, self._train_sampler, True)
+            self._train_loader = make_loader(
+                EpochIndexed(self.train_set), self.recipe.train.batch_size, self._train_sampler, self._workers(), self.device, True
+            )
         self._train_sampler.set_epoch(self.epoch, start_batch)  # type: ignore[union-attr]
         return self._train_loader
 
     def _val_batches(self) -> DataLoader:
         if self._val_loader is None:
             rank_indices = range(self.dist.rank, len(self.val_set), self.dist.world)  # type: ignore[arg-type]
-            self._val_loader = self._loader(self.val_set, self.recipe.eval.batch_size, rank_indices, False)
+            self._val_loader = make_loader(self.val_set, self.recipe.eval.batch_size, rank_indices, self._workers(), self.device, False)
         return self._val_loader
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
