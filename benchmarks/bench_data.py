@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler  # noqa: E402
+from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader  # noqa: E402
 from cttlstm_cli.errors import CttlstmError  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
-from cttlstm_cli.training.data import make_loader, open_training_data  # noqa: E402
+from cttlstm_cli.training.data import open_training_data  # noqa: E402
 
 
 def main() -> None:

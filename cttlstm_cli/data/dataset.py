@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.errors import CttlstmError
@@ -105,6 +105,26 @@ class EpochIndexed(Dataset):
             self.dataset.set_epoch(epoch)
         self._epoch = epoch
         return self.dataset[index]
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, sampler: Any, workers: int, device: torch.device, drop_last: bool = True
+) -> DataLoader:
+    """The DataLoader of ``train`` and ``evaluate``: persistent workers, deep prefetch, pinned memory on GPUs.
+
+    ``sampler`` None reads in order. Workers live as long as the loader (pair a training set
+    with :class:`EpochSampler` and :class:`EpochIndexed` so that epochs still reach them).
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
 
 
 class ClipDataset(Dataset):

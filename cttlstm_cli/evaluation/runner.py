@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from cttlstm_cli.atomic import write_text_atomic
-from cttlstm_cli.data.dataset import split_batch
+from cttlstm_cli.data.dataset import make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, get_convention, parse_metrics
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
@@ -177,17 +177,6 @@ def _limited(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-    )
-
-
 @torch.no_grad()
 def evaluate_frames(
     model: torch.nn.Module,
@@ -206,7 +195,7 @@ def evaluate_frames(
     done = 0
     if progress:
         progress(description, 0, total)
-    for batch in _loader(dataset, batch_size, workers, device):
+    for batch in make_loader(dataset, batch_size, None, workers, device, drop_last=False):
         clips, _ = split_batch(batch)
         clips = clips.to(device, non_blocking=True).float()
         pred = model(clips[:, :context], future_frames=future)
@@ -237,7 +226,7 @@ def evaluate_classifier(
     if progress:
         progress(description, 0, total)
     labels_all, preds_all = [], []
-    for clips, labels in _loader(dataset, batch_size, workers, device):
+    for clips, labels in make_loader(dataset, batch_size, None, workers, device, drop_last=False):
         clips = clips.to(device, non_blocking=True).float()
         outputs, logits = model(clips, future, context_frames=context, teacher_forcing=0.0, classify=True)
         # outputs are the I+F-1 one-step predictions; the last F are the future frames

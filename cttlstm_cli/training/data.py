@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from cttlstm_cli.data.dataset import EarlyActivityDataset, ensure_mmnist, open_dataset
 from cttlstm_cli.recipe import Recipe
@@ -31,20 +30,3 @@ def open_training_data(recipe: Recipe, console: Any = None) -> tuple[Dataset, Da
         val_set = Subset(val_set, range(train.val_clips))
     return train_set, val_set
 
-
-def make_loader(dataset: Dataset, batch_size: int, sampler: Any, workers: int, device: torch.device, drop_last: bool) -> DataLoader:
-    """The DataLoader of a training run: persistent workers, deep prefetch, pinned memory on GPUs.
-
-    Workers live for the whole run (pair the training set with
-    :class:`~cttlstm_cli.data.dataset.EpochSampler` so that epochs still reach them).
-    """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        drop_last=drop_last,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )

@@ -27,13 +27,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cttlstm_cli.atomic import write_text_atomic
-from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, split_batch
+from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
-from cttlstm_cli.training.data import make_loader
 from cttlstm_cli.training.step import autocast, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
