@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cttlstm_cli.models import build_model
 from cttlstm_cli.models.cells import TTConv2d
 from cttlstm_cli.models.network import VideoPredictionNetwork, skip_source
 from cttlstm_cli.recipe import ModelConfig, Recipe
-from cttlstm_cli.training.step import make_optimizer, train_step
+from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -145,12 +144,13 @@ def time_training_steps(
     optimizer = make_optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler(device.type) if recipe.train.precision == "fp16" else None
     model.train()
+    timed = compile_model(model, recipe)  # warm-up then includes the compilation
     for _ in range(warmup):
-        train_step(model, optimizer, clips, recipe, 1.0, scaler)
+        train_step(timed, optimizer, clips, recipe, 1.0, scaler)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, clips, recipe, 1.0, scaler)
+        train_step(timed, optimizer, clips, recipe, 1.0, scaler)
     _sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -170,7 +170,7 @@ def profile_recipe(
 ) -> Profile:
     """Parameters, FLOPs and (optionally) the measured time of a 10,000-clip epoch."""
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe.model, recipe.data.channels).to(device)
+    model = build_training_model(recipe, device)
     h, w = recipe.data.frame_size
     batch = batch_size or recipe.train.batch_size
     if device.type == "cuda":

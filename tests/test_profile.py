@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cttlstm_cli.models import build_model
-from cttlstm_cli.profiling import analytic_macs, counted_macs
-from cttlstm_cli.recipe import ModelConfig
+from cttlstm_cli.profiling import analytic_macs, counted_macs, profile_recipe
+from cttlstm_cli.recipe import ModelConfig, load_recipe
 
 from conftest import RECIPES
 
@@ -82,3 +83,20 @@ def test_profile_bad_input_is_one_line(cli, args: list[str], message: str) -> No
     assert result.code == 2
     assert result.err.startswith(message)
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+def test_timed_steps_run_the_model_as_training_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profile times the compiled, channels-last model when the recipe trains it that way."""
+    seen = []
+    real_compile = torch.compile
+
+    def compile_for_test(model, mode=None, **kwargs):
+        seen.append((mode, model.cells["b0l0"].state_conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    recipe = load_recipe(RECIPES / "smoke.yaml", ["train.precision=bf16", "train.compile=max-autotune"])
+    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, steps=1)
+    fp32 = load_recipe(RECIPES / "smoke.yaml", ["train.compile=true"])
+    profile_recipe(fp32, torch.device("cpu"), batch_size=2, steps=1)
+    assert seen == [("max-autotune", True), ("default", False)] and result.step_seconds > 0

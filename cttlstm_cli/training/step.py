@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cttlstm_cli.models import build_model
 from cttlstm_cli.recipe import Recipe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -17,6 +18,22 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     """Mean L1 plus mean squared error over every predicted pixel (paper §4)."""
     return F.l1_loss(predictions, targets) + F.mse_loss(predictions, targets)
+
+
+def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
+    """The recipe's network on ``device``, in the memory format training uses (``train.channels_last``)."""
+    net = build_model(recipe.model, recipe.data.channels).to(device)
+    if recipe.train.use_channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def compile_model(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """``torch.compile(model)`` in the recipe's ``train.compile`` mode, or ``model`` when it is off."""
+    mode = recipe.train.compile
+    if not mode:
+        return model
+    return torch.compile(model, mode="default" if mode is True else mode)
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:

@@ -29,11 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 from cttlstm_cli.atomic import write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models import build_model
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
-from cttlstm_cli.training.step import autocast, make_optimizer, model_loss, train_step
+from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
@@ -215,15 +214,12 @@ class Trainer:
         self._val_loader: DataLoader | None = None
         cfg = recipe.train
         seed_everything(cfg.seed)
-        net = build_model(recipe.model, recipe.data.channels).to(self.device)
-        if cfg.use_channels_last:
-            net = net.to(memory_format=torch.channels_last)
+        net = build_training_model(recipe, self.device)
         self.net = net
         self.model: nn.Module = net
         if self.dist.world > 1:
             self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            self.model = torch.compile(self.model, mode="default" if cfg.compile is True else cfg.compile)
+        self.model = compile_model(self.model, recipe)
         self.optimizer = make_optimizer(net, recipe, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.schedule = PlateauSchedule.from_config(cfg)
