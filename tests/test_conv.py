@@ -62,3 +62,17 @@ def test_small_or_thin_convs_and_other_settings_use_plain_conv(monkeypatch: pyte
     assert not took_nnpack(conv2d(big, torch.randn(24, 48, 5, 5), None, 2))
     with pytest.raises(ValueError, match="unknown CPU convolution"):
         set_cpu_conv("fft")  # type: ignore[arg-type]
+
+
+def test_a_refusal_by_nnpack_falls_back_to_the_default_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    x = torch.randn(20, 24, 32, 32, requires_grad=True)
+    w, b = torch.randn(48, 24, 5, 5, requires_grad=True), torch.randn(48, requires_grad=True)
+    y = conv2d(x, w, b, 2)
+    grad = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, (x, w, b), grad))
+    for a, r in zip(got, reference_grads(x, w, b, 2, grad)):
+        assert (a.double() - r).abs().max() / r.abs().max() <= 1e-5

@@ -74,9 +74,11 @@ def _nnpack_eligible(x: Tensor, weight: Tensor) -> bool:
 
 
 def _nnpack_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
-    if bias is None:
-        bias = weight.new_zeros(weight.shape[0])
-    return torch._nnpack_spatial_convolution(x, weight.contiguous(), bias, [padding, padding])
+    try:
+        zeros = bias if bias is not None else weight.new_zeros(weight.shape[0])
+        return torch._nnpack_spatial_convolution(x, weight.contiguous(), zeros, [padding, padding])
+    except RuntimeError:  # NNPACK can refuse a shape or a CPU at run time; the result is the same
+        return F.conv2d(x, weight, bias, padding=padding)
 
 
 class _NnpackConv2d(torch.autograd.Function):
