@@ -134,6 +134,9 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(16, ge=1)
+    micro_batch: int | None = Field(
+        None, ge=1, description="clips per forward/backward, gradients accumulated; null: the most that fit in memory"
+    )
     epochs: int = Field(500, ge=1)
     epoch_clips: int = Field(10_000, ge=1, description="clips per 'epoch' (the paper's 10,000)")
     val_clips: int | None = Field(None, ge=1, description="validation clips per epoch; null: the whole split")
@@ -152,6 +155,12 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
 
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_batch(self) -> TrainConfig:
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
+        return self
 
     @property
     def use_channels_last(self) -> bool:

@@ -31,6 +31,28 @@ def skip_source(position: int, skip_stride: int | None) -> int | None:
     return position - 1 - skip_stride
 
 
+def teacher_mask(
+    teacher_forcing: float | Tensor,
+    batch: int,
+    steps: int,
+    frames: Tensor,
+    input_frames: int,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """Scheduled sampling's per-sample, per-step choices ``[batch, steps]`` (True: feed the
+    ground truth), drawn with ``generator``; None when no step takes the ground truth."""
+    if isinstance(teacher_forcing, Tensor):
+        return teacher_forcing.to(device=frames.device, dtype=torch.bool)
+    if teacher_forcing <= 0.0 or steps <= 0:
+        return None
+    if frames.shape[1] < input_frames + steps:
+        raise ValueError("teacher forcing needs the ground-truth future frames in `frames`")
+    if teacher_forcing >= 1.0:
+        return torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
+    draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else frames.device)
+    return (draws < teacher_forcing).to(frames.device)
+
+
 def make_cell(cfg: ModelConfig, in_channels: int, hidden_channels: int) -> nn.Module:
     """Build one recurrent cell of the configured type."""
     if cfg.cell == "convlstm":
@@ -208,7 +230,7 @@ class VideoPredictionNetwork(nn.Module):
         """
         batch, _, _, height, width = frames.shape
         steps = input_frames + future_frames - 1
-        use_truth = self._teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
+        use_truth = teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
         state = self.init_state(batch, height, width, frames.device, frames.dtype)
         outputs: list[Tensor] = []
         # Inputs are known in advance for the context and, under full teacher forcing,
@@ -234,26 +256,6 @@ class VideoPredictionNetwork(nn.Module):
         if return_state:
             return torch.stack(outputs, dim=1), state
         return torch.stack(outputs, dim=1)
-
-    @staticmethod
-    def _teacher_mask(
-        teacher_forcing: float | Tensor,
-        batch: int,
-        steps: int,
-        frames: Tensor,
-        input_frames: int,
-        generator: torch.Generator | None,
-    ) -> Tensor | None:
-        if isinstance(teacher_forcing, Tensor):
-            return teacher_forcing.to(device=frames.device, dtype=torch.bool)
-        if teacher_forcing <= 0.0 or steps <= 0:
-            return None
-        if frames.shape[1] < input_frames + steps:
-            raise ValueError("teacher forcing needs the ground-truth future frames in `frames`")
-        if teacher_forcing >= 1.0:
-            return torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
-        draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else frames.device)
-        return (draws < teacher_forcing).to(frames.device)
 
     def forward(
         self,

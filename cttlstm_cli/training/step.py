@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cttlstm_cli.models import build_model
+from cttlstm_cli.models.network import teacher_mask
 from cttlstm_cli.recipe import Recipe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,20 +83,41 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     generator: torch.Generator | None = None,
     labels: Tensor | None = None,
+    micro_batch: int | None = None,
 ) -> Tensor:
     """Forward all ``I+F-1`` steps, backward the loss over every prediction, clip, step.
 
     ``clips [B, I+F, C, H, W]`` in [0, 1]. With ``labels`` (activity recognition) the
-    loss is ``lambda * L_prediction + cross-entropy``. Returns the (detached) loss.
+    loss is ``lambda * L_prediction + cross-entropy``. ``micro_batch`` (a divisor of B)
+    runs forward and backward that many clips at a time and accumulates the gradients:
+    the same step in less memory. Returns the (detached) loss.
     """
     optimizer.zero_grad(set_to_none=True)
-    with autocast(recipe.train.precision, clips.device):
-        loss = model_loss(model, clips, recipe, teacher_forcing, generator, labels)
+    batch = clips.shape[0]
+    size = micro_batch or batch
+    if batch % size:
+        raise ValueError(f"micro-batch {size} does not divide the batch of {batch}")
+    chunks = batch // size
+    if chunks > 1 and isinstance(teacher_forcing, float | int) and 0.0 < teacher_forcing < 1.0:
+        # Draw the whole batch's scheduled-sampling choices at once, as one big batch would.
+        data = recipe.data
+        teacher_forcing = teacher_mask(teacher_forcing, batch, data.future_frames - 1, clips, data.input_frames, generator)  # type: ignore[assignment]
+    total = torch.zeros((), device=clips.device)
+    for i in range(chunks):
+        part = slice(i * size, (i + 1) * size)
+        forcing = teacher_forcing[part] if isinstance(teacher_forcing, Tensor) else teacher_forcing
+        # DDP averages gradients once, after the last chunk.
+        sync = contextlib.nullcontext() if i == chunks - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(recipe.train.precision, clips.device):
+                loss = model_loss(model, clips[part], recipe, forcing, generator, None if labels is None else labels[part]) / chunks
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        total += loss.detach().float()
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     if recipe.train.grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
     if scaler is not None:
@@ -103,4 +125,4 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
-    return loss.detach()
+    return total

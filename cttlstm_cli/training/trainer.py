@@ -31,6 +31,7 @@ from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, sp
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 
@@ -221,6 +222,12 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = compile_model(self.model, recipe)
         self.optimizer = make_optimizer(net, recipe, self.device)
+        self.micro_batch = resolve_micro_batch(net, recipe, self.device)
+        if self.micro_batch.size < cfg.batch_size:
+            estimate = ""
+            if self.micro_batch.bytes_per_clip is not None:
+                estimate = f" (about {self.micro_batch.bytes_per_clip / 2**30:.1f} GiB of activations per clip, {self.micro_batch.available / 2**30:.1f} GiB available)"  # type: ignore[operator]
+            self.log(f"batches of {cfg.batch_size} run as {cfg.batch_size // self.micro_batch.size} micro-batches of {self.micro_batch.size}{estimate}")
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.schedule = PlateauSchedule.from_config(cfg)
         self.epoch, self.step, self.position = 0, 0, 0
@@ -425,7 +432,9 @@ class Trainer:
         for batch in self._train_batches(self.position):
             clips, labels = self._to_device(batch)
             gen = step_generator(cfg.seed + self.dist.rank, self.step)
-            loss = train_step(self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels)
+            loss = train_step(
+                self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels, self.micro_batch.size
+            )
             self.step += 1
             self.position += 1
             loss_sum += loss.double()
