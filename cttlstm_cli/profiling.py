@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cttlstm_cli.models.cells import TTConv2d
 from cttlstm_cli.models.network import VideoPredictionNetwork, skip_source
 from cttlstm_cli.recipe import ModelConfig, Recipe
+from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
 
 
@@ -144,13 +145,17 @@ def time_training_steps(
     optimizer = make_optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler(device.type) if recipe.train.precision == "fp16" else None
     model.train()
+    # Micro-batches as training would split this batch (the recipe's, or what fits in memory).
+    fixed = recipe.train.micro_batch
+    train_cfg = recipe.train.model_copy(update={"batch_size": batch_size, "micro_batch": fixed if fixed and batch_size % fixed == 0 else None})
+    micro = resolve_micro_batch(model, recipe.model_copy(update={"train": train_cfg}), device).size
     timed = compile_model(model, recipe)  # warm-up then includes the compilation
     for _ in range(warmup):
-        train_step(timed, optimizer, clips, recipe, 1.0, scaler)
+        train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(timed, optimizer, clips, recipe, 1.0, scaler)
+        train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
     _sync(device)
     return (time.perf_counter() - start) / steps
 

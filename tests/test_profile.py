@@ -100,3 +100,19 @@ def test_timed_steps_run_the_model_as_training_would(monkeypatch: pytest.MonkeyP
     fp32 = load_recipe(RECIPES / "smoke.yaml", ["train.compile=true"])
     profile_recipe(fp32, torch.device("cpu"), batch_size=2, steps=1)
     assert seen == [("max-autotune", True), ("default", False)] and result.step_seconds > 0
+
+
+def test_profile_splits_a_batch_that_does_not_fit_like_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cttlstm_cli import profiling
+    from cttlstm_cli.training import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)  # nothing fits: one clip at a time
+    used = []
+    real_step = profiling.train_step
+    monkeypatch.setattr(profiling, "train_step", lambda *a, **kw: (used.append(kw["micro_batch"]), real_step(*a, **kw))[1])
+    recipe = load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=4"])  # 4 does not divide 2: ignored
+    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, steps=1)
+    assert used == [1, 1] and result.step_seconds > 0
+    used.clear()
+    profile_recipe(load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=2"]), torch.device("cpu"), batch_size=4, steps=1)
+    assert used == [2, 2]
