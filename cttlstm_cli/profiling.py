@@ -145,10 +145,7 @@ def time_training_steps(
     optimizer = make_optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler(device.type) if recipe.train.precision == "fp16" else None
     model.train()
-    # Micro-batches as training would split this batch (the recipe's, or what fits in memory).
-    fixed = recipe.train.micro_batch
-    train_cfg = recipe.train.model_copy(update={"batch_size": batch_size, "micro_batch": fixed if fixed and batch_size % fixed == 0 else None})
-    micro = resolve_micro_batch(model, recipe.model_copy(update={"train": train_cfg}), device).size
+    micro = resolve_micro_batch(model, recipe, device, batch_size).size  # as training would split it
     timed = compile_model(model, recipe)  # warm-up then includes the compilation
     for _ in range(warmup):
         train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)

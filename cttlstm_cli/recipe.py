@@ -155,7 +155,6 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
 
-
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainConfig:
         if self.micro_batch is not None and self.batch_size % self.micro_batch:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-CpuConv = Literal["auto", "nnpack", "onednn"]
+CpuConv = Literal["auto", "onednn"]
 
 #: NNPACK lost to oneDNN below this many input channels in every shape we measured
 MIN_NNPACK_CHANNELS = 16
@@ -37,10 +37,10 @@ _cpu_conv: CpuConv = "auto"
 
 
 def set_cpu_conv(choice: CpuConv) -> None:
-    """Pick the fp32 CPU convolution of the fast path: ``auto`` (NNPACK where available), ``nnpack`` or ``onednn``."""
+    """Pick the fp32 CPU convolution of the fast path: ``auto`` (NNPACK where it wins) or ``onednn``."""
     global _cpu_conv
-    if choice not in ("auto", "nnpack", "onednn"):
-        raise ValueError(f"unknown CPU convolution {choice!r}; expected auto, nnpack or onednn")
+    if choice not in ("auto", "onednn"):
+        raise ValueError(f"unknown CPU convolution {choice!r}; expected auto or onednn")
     _cpu_conv = choice
 
 
@@ -81,6 +81,13 @@ def _nnpack_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -
         return F.conv2d(x, weight, bias, padding=padding)
 
 
+def _wide_input_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+    """NNPACK for inputs of at least ``MIN_NNPACK_CHANNELS`` channels, oneDNN for thinner ones."""
+    if x.shape[1] >= MIN_NNPACK_CHANNELS:
+        return _nnpack_conv(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
 class _NnpackConv2d(torch.autograd.Function):
     """Stride-1 conv whose forward and input gradient run on NNPACK where they have enough
     input channels (oneDNN otherwise); the weight gradient always runs on oneDNN."""
@@ -90,9 +97,7 @@ class _NnpackConv2d(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         ctx.has_bias = bias is not None
-        if x.shape[1] >= MIN_NNPACK_CHANNELS:
-            return _nnpack_conv(x, weight, bias, padding)
-        return F.conv2d(x, weight, bias, padding=padding)
+        return _wide_input_conv(x, weight, bias, padding)
 
     @staticmethod
     @once_differentiable
@@ -105,11 +110,7 @@ class _NnpackConv2d(torch.autograd.Function):
         if need_x:
             # The input gradient of a stride-1 conv is the conv of the output gradient with the
             # flipped, transposed kernel and the complementary padding.
-            flipped = weight.transpose(0, 1).flip(-1, -2)
-            if grad.shape[1] >= MIN_NNPACK_CHANNELS:
-                grad_x = _nnpack_conv(grad, flipped, None, k - 1 - p)
-            else:
-                grad_x = F.conv2d(grad, flipped, padding=k - 1 - p)
+            grad_x = _wide_input_conv(grad, weight.transpose(0, 1).flip(-1, -2), None, k - 1 - p)
         grad_w = grad_b = None
         if need_w or need_b:
             _, grad_w, grad_b = torch.ops.aten.convolution_backward(

@@ -29,4 +29,3 @@ def open_training_data(recipe: Recipe, console: Any = None) -> tuple[Dataset, Da
     if train.val_clips is not None and train.val_clips < len(val_set):  # type: ignore[arg-type]
         val_set = Subset(val_set, range(train.val_clips))
     return train_set, val_set
-

@@ -79,16 +79,28 @@ def choose_micro_batch(batch_size: int, bytes_per_clip: int, available: int) -> 
 class MicroBatch:
     """The micro-batch a run uses and why."""
 
+    batch_size: int
     size: int
-    bytes_per_clip: int | None  # None when the recipe fixed the size
-    available: int | None
+    bytes_per_clip: int | None = None  # None when the recipe fixed the size
+    available: int | None = None
+
+    def describe(self) -> str | None:
+        """One line for the run's log when the batch is split, else None."""
+        if self.size == self.batch_size:
+            return None
+        line = f"batches of {self.batch_size} run as {self.batch_size // self.size} micro-batches of {self.size}"
+        if self.bytes_per_clip is not None and self.available is not None:
+            line += f" (about {self.bytes_per_clip / 2**30:.1f} GiB of activations per clip, {self.available / 2**30:.1f} GiB available)"
+        return line
 
 
-def resolve_micro_batch(model: nn.Module, recipe: Recipe, device: torch.device) -> MicroBatch:
-    """``train.micro_batch`` if set, else the largest that the estimate says fits."""
-    cfg = recipe.train
-    if cfg.micro_batch is not None:
-        return MicroBatch(cfg.micro_batch, None, None)
+def resolve_micro_batch(model: nn.Module, recipe: Recipe, device: torch.device, batch_size: int | None = None) -> MicroBatch:
+    """The micro-batch for batches of ``batch_size`` (default ``train.batch_size``): ``train.micro_batch``
+    where it divides the batch, else the largest that the estimate says fits."""
+    batch = batch_size or recipe.train.batch_size
+    fixed = recipe.train.micro_batch
+    if fixed is not None and batch % fixed == 0:
+        return MicroBatch(batch, fixed)
     per_clip = activation_bytes_per_clip(model, recipe, device)
     available = available_memory(device)
-    return MicroBatch(choose_micro_batch(cfg.batch_size, per_clip, available), per_clip, available)
+    return MicroBatch(batch, choose_micro_batch(batch, per_clip, available), per_clip, available)

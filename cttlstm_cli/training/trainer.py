@@ -223,11 +223,8 @@ class Trainer:
         self.model = compile_model(self.model, recipe)
         self.optimizer = make_optimizer(net, recipe, self.device)
         self.micro_batch = resolve_micro_batch(net, recipe, self.device)
-        if self.micro_batch.size < cfg.batch_size:
-            estimate = ""
-            if self.micro_batch.bytes_per_clip is not None:
-                estimate = f" (about {self.micro_batch.bytes_per_clip / 2**30:.1f} GiB of activations per clip, {self.micro_batch.available / 2**30:.1f} GiB available)"  # type: ignore[operator]
-            self.log(f"batches of {cfg.batch_size} run as {cfg.batch_size // self.micro_batch.size} micro-batches of {self.micro_batch.size}{estimate}")
+        if (line := self.micro_batch.describe()) is not None:
+            self.log(line)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.schedule = PlateauSchedule.from_config(cfg)
         self.epoch, self.step, self.position = 0, 0, 0
