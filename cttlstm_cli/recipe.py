@@ -155,6 +155,16 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, v: Any) -> Any:
+        modes = {"true": True, "false": False, "default": "default", "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in modes:
+            return modes[v.lower()]
+        raise ValueError("must be true, false, default, reduce-overhead or max-autotune")
+
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainConfig:
         if self.micro_batch is not None and self.batch_size % self.micro_batch:

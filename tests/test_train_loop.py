@@ -289,5 +289,5 @@ def test_compile_option_trains_like_eager(tmp_path: Path, monkeypatch: pytest.Mo
     for (name, a), b in zip(eager.net.named_parameters(), compiled.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert smoke(train__compile="true").train.compile is True
-    with pytest.raises(CttlstmError):
+    with pytest.raises(CttlstmError, match=r"train.compile: .*must be true, false, default, reduce-overhead or max-autotune \(got 'fastest'\)"):
         smoke(train__compile="fastest")
