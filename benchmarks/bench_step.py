@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cttlstm_cli.devices import retain_freed_memory  # noqa: E402
 from cttlstm_cli.models import build_model  # noqa: E402
 from cttlstm_cli.models.conv import CpuConv, set_cpu_conv  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
@@ -73,7 +74,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
     ap.add_argument("--inference-future", type=int, default=30, help="10 -> F inference throughput")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--no-retain-memory", action="store_true", help="leave glibc's default of unmapping freed blocks")
     args = ap.parse_args()
+    retained = False if args.no_retain_memory else retain_freed_memory()
 
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     path = Path(args.recipe) if Path(args.recipe).is_file() else recipes / f"{args.recipe}.yaml"
@@ -156,6 +159,7 @@ def main() -> None:
         "batch": args.batch,
         "teacher_forcing": args.teacher_forcing,
         "repeats": args.repeats,
+        "retain_freed_memory": retained,
         "statistic": "median over round-robin rounds (ratio: median of per-round ratios)",
     }
     print(json.dumps(meta))

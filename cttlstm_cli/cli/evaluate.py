@@ -155,7 +155,7 @@ def evaluate(
     top-1 activity accuracy, overall and per activity group. Writes report.json and
     per_frame.png; prints a table (or --json).
     """
-    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.devices import open_device
     from cttlstm_cli.evaluation.metrics import get_convention, parse_metrics
     from cttlstm_cli.evaluation.plots import plot_per_frame
     from cttlstm_cli.evaluation.runner import (
@@ -173,7 +173,7 @@ def evaluate(
     paths = [resolve_checkpoint_path(c) for c in checkpoints]
     if len(set(paths)) != len(paths):
         raise CttlstmError("the same checkpoint is given twice")
-    dev = resolve_device(device)
+    dev = open_device(device)
     lpips_model = None
     wants_lpips_explicitly = metric_names is not None and "lpips" in metric_names
     if wants_lpips_explicitly or lpips_weights is not None:

@@ -44,7 +44,7 @@ def predict(
     """
     import numpy as np
 
-    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.devices import open_device
     from cttlstm_cli.errors import CttlstmError
     from cttlstm_cli.predict import predict_clip, render
     from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, write_animation
@@ -55,7 +55,7 @@ def predict(
         raise CttlstmError(f"--fps must be positive, got {fps}")
     if size is not None and (size[0] < 1 or size[1] < 1):
         raise CttlstmError(f"--size must be two positive numbers, got {size[0]} {size[1]}")
-    dev = resolve_device(device)
+    dev = open_device(device)
     result = predict_clip(clip, checkpoint, steps, context, start, size, dev)
     frames = render(result, scale, error_panel=not no_error)
     npy = out.with_suffix(".npy")

@@ -38,12 +38,12 @@ def profile(
     epoch time times full training steps (forward, backward, optimizer) after a
     warm-up step and extrapolates to train.epoch_clips clips.
     """
-    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.devices import open_device
     from cttlstm_cli.profiling import profile_recipe
     from cttlstm_cli.recipe import load_recipe
 
     loaded = [load_recipe(resolve_recipe_path(r), overrides or []) for r in (recipes or DEFAULT_RECIPES)]
-    dev = resolve_device(device)
+    dev = open_device(device)
     rows = []
     with err_console.status("profiling...") as status:
         for recipe in loaded:

@@ -83,7 +83,7 @@ def train(
     writes files.
     """
     from cttlstm_cli.training.data import open_training_data
-    from cttlstm_cli.devices import resolve_device
+    from cttlstm_cli.devices import open_device
     from cttlstm_cli.recipe import load_recipe
     from cttlstm_cli.training.trainer import Trainer, default_run_dir, newest_run_dir
 
@@ -94,7 +94,7 @@ def train(
             from cttlstm_cli.errors import CttlstmError
 
             raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
-    dev = resolve_device(device)
+    dev = open_device(device)
     train_set, val_set = open_training_data(cfg, console=console)
     trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=console.print)
     if trainer.dist.is_main:

@@ -167,7 +167,8 @@ class ConvTensorTrain(nn.Module):
             # Valid convs shrink the widened canvas by one core's reach per step,
             # so U_i is widened by exactly what is left and the last T is frame-sized.
             r = m - i * pad
-            t = conv(t, core.weight, core.bias) + F.pad(u_i, (r, r, r, r))
+            # The newest U needs no widening; F.pad would still copy it (and its gradient).
+            t = conv(t, core.weight, core.bias) + (F.pad(u_i, (r, r, r, r)) if r else u_i)
         return t
 
     def composed_kernels(self) -> tuple[Tensor, Tensor]:
