@@ -42,8 +42,8 @@ def retain_freed_memory() -> bool:
 
     A training step frees and reallocates the same activation-sized blocks every time. By default
     glibc unmaps blocks above its (adaptive) mmap threshold and trims the heap top, so the next
-    step faults the pages in and zeroes them again: about 64,000 page faults per fp32 step of the
-    Moving-MNIST model at 32x32, about 3% of its time (docs/performance.md). Fixing the threshold
+    step faults the pages in and zeroes them again: 60,000 to 120,000 page faults per fp32 step of
+    the Moving-MNIST model at 32x32, about 3% of its time (docs/performance.md). Fixing the threshold
     at glibc's maximum and disabling trimming keeps those blocks for reuse; the peak memory stays
     the same. Larger blocks are still unmapped on free. Returns whether the setting took effect:
     only glibc has it, and ``CTTLSTM_RETAIN_MEMORY=0`` leaves the allocator alone.
