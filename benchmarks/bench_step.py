@@ -1,6 +1,6 @@
 """Training-step and inference throughput: the fast path against the plain reference.
 
-The reference is the literal per-step algorithm (``model.use_reference()``: one conv
+The reference is the literal per-step algorithm (``ReferenceConvRNN``: one conv
 over the channel concatenation per gate, every preprocessing conv recomputed each
 step), in eager fp32 with PyTorch's default convolutions. Every variant is built in
 the same process, warmed up, then timed round-robin (one call of each per round) so
@@ -32,8 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cttlstm_cli.devices import retain_freed_memory  # noqa: E402
-from cttlstm_cli.models import build_model  # noqa: E402
-from cttlstm_cli.models.conv import CpuConv, set_cpu_conv  # noqa: E402
+from cttlstm_cli.models import create_model  # noqa: E402
+from cttlstm_cli.models.convrnn.reference import ReferenceConvRNN  # noqa: E402
+from cttlstm_cli.models.layers.conv import CpuConv, set_cpu_conv  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
 from cttlstm_cli.training.step import make_optimizer, train_step  # noqa: E402
 
@@ -102,7 +103,9 @@ def main() -> None:
     for name, reference, precision, compiled, channels_last, cpu_conv in variants:
         recipe = load_recipe(path, [f"train.precision={precision}", f"data.frame_size=[{args.size},{args.size}]"])
         torch.manual_seed(0)
-        net = build_model(recipe.model, recipe.data.channels).to(device).use_reference(reference)
+        net = create_model(recipe.model, recipe.data.channels).to(device)
+        if reference:
+            net = ReferenceConvRNN(net)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=memory_format)
         model = torch.compile(net) if compiled else net

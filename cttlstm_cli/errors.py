@@ -9,3 +9,10 @@ class CttlstmError(Exception):
     The CLI prints ``error: <message>`` on one line and exits non-zero; library
     users get an ordinary exception with the same message.
     """
+
+
+class RecipeNotice(UserWarning):
+    """Something in a recipe still works but has changed (a renamed key, say).
+
+    Issued with :func:`warnings.warn`; the CLI prints each as one ``notice: ...`` line.
+    """

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.models import VideoModel
+from cttlstm_cli.recipe import Recipe
 
 #: frame size assumed for checkpoints without a recipe (the authors' Moving-MNIST models)
 DEFAULT_AUTHORS_SIZE = (64, 64)
@@ -49,9 +50,9 @@ def newest_checkpoint(root: str | Path = "runs") -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def frame_format(model: Any, recipe: Any, size: tuple[int, int] | None = None) -> tuple[tuple[int, int], int]:
+def frame_format(model: VideoModel, recipe: Recipe | None, size: tuple[int, int] | None = None) -> tuple[tuple[int, int], int]:
     """``((H, W), channels)`` the model expects: the stored recipe's, or ``size`` (default 64×64) for the authors' files."""
-    channels = int(getattr(model, "image_channels", 1))
+    channels = int(model.image_channels)
     if size is not None:
         return (int(size[0]), int(size[1])), channels
     if recipe is not None:
@@ -78,7 +79,7 @@ def choose_window(frames: int, context: int, steps: int, start: int | None = Non
 
 @torch.no_grad()
 def predict_frames(
-    model: torch.nn.Module,
+    model: VideoModel,
     frames: np.ndarray,
     context: int,
     steps: int,

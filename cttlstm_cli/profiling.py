@@ -2,9 +2,9 @@
 
 FLOPs follow the paper's Table 2: *multiplications for one-step prediction per
 sample*, i.e. the multiply-accumulates of every convolution (and of rebuilding
-tensor-train kernels) when the whole network advances one frame. They are counted
-twice, independently: analytically from the configuration, and by running one
-step under ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC).
+tensor-train kernels) when the whole model advances one frame. They are counted by
+running one step under ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC)
+and, for families that give one, analytically from the configuration as well.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cttlstm_cli.models.cells import TTConv2d
-from cttlstm_cli.models.network import VideoPredictionNetwork, skip_source
-from cttlstm_cli.recipe import ModelConfig, Recipe
+from cttlstm_cli.models import VideoModel, unwrap
+from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
 
@@ -30,92 +29,18 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _tt_kernel_macs(layer: TTConv2d) -> int:
-    """Multiplications to rebuild a TT kernel from its cores (a chain of tensordots)."""
-    macs, elements = 0, layer.kernel_size**2
-    for core in layer.cores:
-        t, s, r_in, r_out = core.shape
-        elements *= t * s
-        macs += elements * r_out * r_in
-    return macs
-
-
-def analytic_macs(cfg: ModelConfig, image_channels: int, height: int, width: int) -> int:
-    """Multiply-accumulates of one network step for one sample, from the configuration alone."""
-    total = 0
-    enc = cfg.encoder_channels
-    for i, (c_in, c_out) in enumerate(zip([image_channels, *enc], enc), start=1):
-        total += (height >> i) * (width >> i) * c_in * c_out * 16  # 4x4 stride-2 convs
-    height, width = height >> len(enc), width >> len(enc)
-    area, k2 = height * width, cfg.kernel**2
-    widths = cfg.channels
-    for b, (layers, hidden) in enumerate(zip(cfg.blocks, widths)):
-        for l in range(layers):
-            if l > 0:
-                c_in = hidden
-            else:
-                c_in = (enc[-1] if enc else image_channels) if b == 0 else widths[b - 1]
-                src = skip_source(b, cfg.skip_stride)
-                c_in += widths[src] if src is not None else 0
-            if cfg.cell == "convlstm":
-                total += area * 4 * hidden * (c_in + hidden) * k2
-            elif cfg.cell == "convlstm_ttd":
-                total += area * 4 * hidden * (c_in + hidden) * k2
-                total += _tt_kernel_macs(TTConv2d(c_in, 4 * hidden, cfg.kernel, cfg.rank, cfg.order))
-            else:
-                window = cfg.steps - cfg.order + 1
-                r, n = cfg.rank, cfg.order
-                total += n * area * r * window * hidden * k2  # preprocessing
-                total += area * 4 * hidden * (c_in + r) * k2  # gates
-                total += _ctt_core_macs(cfg, height, width)
-    src = skip_source(len(widths), cfg.skip_stride)
-    features = widths[-1] + (widths[src] if src is not None else 0)
-    for i, c_out in enumerate(reversed(enc)):  # transposed convs: every input pixel meets a 4x4 kernel
-        total += (height << i) * (width << i) * features * c_out * 16
-        features = c_out
-    full = (height << len(enc)) * (width << len(enc))
-    return total + full * image_channels * features
-
-
-def _ctt_core_macs(cfg: ModelConfig, height: int, width: int) -> int:
-    r, n, k = cfg.rank, cfg.order, cfg.kernel
-    pad = k // 2
-    if n == 1:
-        return 0
-    if cfg.ctt_form == "parallel":
-        size = (n - 1) * (k - 1) + 1
-        build, kernel = 0, 1
-        for _ in range(n - 1):  # composing kernels is itself a small convolution (batched over R)
-            kernel_out = kernel + k - 1
-            build += r**3 * kernel**2 * kernel_out**2
-            kernel = kernel_out
-        return height * width * r * n * r * size**2 + build
-    if cfg.tt_padding == "stepwise":
-        return (n - 1) * height * width * r * r * k * k
-    margin = (n - 1) * pad
-    # Valid convs on the widened canvas: output i is widened by margin - i*pad.
-    return sum((height + 2 * (margin - i * pad)) * (width + 2 * (margin - i * pad)) for i in range(1, n)) * r * r * k * k
-
-
-def counted_macs(model: VideoPredictionNetwork, height: int, width: int) -> int:
-    """Multiply-accumulates of one step for one sample, as counted by torch's FLOP counter."""
-    state = model.init_state(1, height, width)
-    frame = torch.zeros(1, model.image_channels, height, width, device=model.head.weight.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.step(frame, state)
-    return counter.get_total_flops() // 2
-
-
 @dataclass
 class Profile:
     """One row of ``cttlstm profile``."""
 
     recipe: str
-    cell: str
+    arch: str
+    model: str
     params: int
     frame_size: list[int]
-    flops_per_step: int
+    flops_per_step: int  # the analytic count where the family has one, else the counted one
     flops_per_step_counted: int
+    flops_analytic: bool
     batch_size: int
     device: str
     epoch_seconds: float | None
@@ -135,7 +60,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def time_training_steps(
-    model: VideoPredictionNetwork, recipe: Recipe, device: torch.device, batch_size: int, warmup: int = 1, steps: int = 2
+    model: VideoModel, recipe: Recipe, device: torch.device, batch_size: int, warmup: int = 1, timed_steps: int = 2
 ) -> float:
     """Mean seconds of one full training step (forward, backward, optimizer) after warm-up."""
     data = recipe.data
@@ -151,10 +76,10 @@ def time_training_steps(
         train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
     _sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(timed_steps):
         train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / timed_steps
 
 
 def _sync(device: torch.device) -> None:
@@ -168,7 +93,7 @@ def profile_recipe(
     batch_size: int | None = None,
     measure_time: bool = True,
     warmup: int = 1,
-    steps: int = 2,
+    timed_steps: int = 2,
 ) -> Profile:
     """Parameters, FLOPs and (optionally) the measured time of a 10,000-clip epoch."""
     torch.manual_seed(recipe.train.seed)
@@ -179,15 +104,20 @@ def profile_recipe(
         torch.cuda.reset_peak_memory_stats(device)
     step_seconds = epoch_seconds = None
     if measure_time:
-        step_seconds = time_training_steps(model, recipe, device, batch, warmup, steps)
+        step_seconds = time_training_steps(model, recipe, device, batch, warmup, timed_steps)
         epoch_seconds = step_seconds * math.ceil(recipe.train.epoch_clips / batch)
+    net = unwrap(model)
+    analytic = net.analytic_macs(h, w)
+    counted = net.counted_macs(h, w)
     return Profile(
         recipe=recipe.name,
-        cell=recipe.model.cell,
+        arch=net.config.arch,
+        model=net.name,
         params=count_parameters(model),
         frame_size=[h, w],
-        flops_per_step=analytic_macs(recipe.model, recipe.data.channels, h, w),
-        flops_per_step_counted=counted_macs(model, h, w),
+        flops_per_step=counted if analytic is None else analytic,
+        flops_per_step_counted=counted,
+        flops_analytic=analytic is not None,
         batch_size=batch,
         device=str(device),
         epoch_seconds=epoch_seconds,

@@ -4,6 +4,10 @@ A recipe is one YAML file with four sections (``model``, ``data``, ``train``,
 ``eval``). It is validated strictly: unknown keys, wrong types and impossible
 values are rejected with one line naming the key. ``--set a.b=value`` overrides
 are applied to the raw mapping before validation, so they are checked the same way.
+
+The ``model`` section belongs to a model family: ``model.arch`` (default ``convrnn``) picks
+the family, whose own config class (beside its model, in ``cttlstm_cli/models/<family>/``)
+validates the rest of the section.
 """
 
 from __future__ import annotations
@@ -13,65 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from cttlstm_cli.errors import CttlstmError
-
-CellType = Literal["convttlstm", "convlstm", "convlstm_ttd"]
-CELL_NAMES: dict[str, str] = {
-    "convttlstm": "Conv-TT-LSTM",
-    "convlstm": "ConvLSTM",
-    "convlstm_ttd": "ConvLSTM (classic TTD)",
-}
-
+from cttlstm_cli.models import DEFAULT_ARCH, ModelConfig, model_class
+from cttlstm_cli.models.registry import validate_config
 
 class Section(BaseModel):
     """Strict base: unknown keys are errors, and values are not silently coerced across types."""
 
     model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
-
-
-class ModelConfig(Section):
-    """The recurrent network (design §1-2)."""
-
-    cell: CellType = "convttlstm"
-    order: int = Field(3, ge=1, description="N, the tensor-train order")
-    steps: int = Field(3, ge=1, description="M, past hidden states fed to the CTT module (M >= N)")
-    rank: int = Field(8, ge=1, description="R, channels of every tensor-train core")
-    kernel: int = Field(5, ge=1, description="k, spatial kernel size (odd)")
-    blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3], min_length=1, description="layers per block")
-    channels: list[int] = Field(default_factory=lambda: [32, 48, 48, 32], min_length=1, description="hidden channels per block")
-    skip_stride: int | None = Field(2, ge=1, description="block p >= s+1 also takes block p-1-s's output; null: no skips")
-    tt_padding: Literal["composed", "stepwise"] = "composed"
-    ctt_form: Literal["auto", "sequential", "parallel"] = "auto"
-    encoder_channels: list[int] = Field(
-        default_factory=list, description="stride-2 conv encoder (mirrored by the decoder) around the recurrent stack; [] for none"
-    )
-    classes: int | None = Field(None, ge=2, description="attach the activity classifier with this many classes")
-
-    @field_validator("kernel")
-    @classmethod
-    def _odd_kernel(cls, v: int) -> int:
-        if v % 2 != 1:
-            raise ValueError(f"must be odd for 'same' padding, got {v}")
-        return v
-
-    @field_validator("blocks", "channels", "encoder_channels")
-    @classmethod
-    def _positive_entries(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError(f"every entry must be >= 1, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelConfig:
-        if self.steps < self.order:
-            raise ValueError(f"model.steps (M={self.steps}) must be >= model.order (N={self.order})")
-        if self.cell == "convlstm_ttd" and self.order < 2:
-            raise ValueError("model.order must be >= 2 for convlstm_ttd (a spatial core plus channel cores)")
-        if len(self.blocks) != len(self.channels):
-            raise ValueError(f"model.blocks ({len(self.blocks)} blocks) and model.channels ({len(self.channels)} widths) differ in length")
-        return self
 
 
 class DataConfig(Section):
@@ -205,10 +160,15 @@ class Recipe(Section):
     """A whole recipe file."""
 
     name: str = "recipe"
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=lambda: model_class(DEFAULT_ARCH).config_class())
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _family_config(cls, v: Any) -> Any:
+        return validate_config(v)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-safe data (tuples become lists)."""

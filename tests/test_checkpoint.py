@@ -9,9 +9,10 @@ import torch
 
 from cttlstm_cli import load_model
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models import build_model
+from cttlstm_cli.models import create_model
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
-from cttlstm_cli.recipe import ModelConfig, Recipe
+from cttlstm_cli.models.convrnn import ConvRNNConfig
+from cttlstm_cli.recipe import Recipe
 
 SMALL = dict(blocks=[2, 1, 1, 2], channels=[4, 6, 6, 4], rank=3, kernel=3)
 
@@ -27,7 +28,7 @@ def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.
             out[base + "conv.weight"] = gate_weight
             out[base + "conv.bias"] = cell.input_conv.bias
             continue
-        n = cfg.order
+        n = cfg.ctt_order
         for j, core in enumerate(cell.tt.cores):
             out[base + f"layers.{j}.weight"] = core.weight
             out[base + f"layers.{j}.bias"] = core.bias
@@ -49,14 +50,14 @@ def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(cell="convttlstm", order=3, steps=4, tt_padding="stepwise", **SMALL)
-    model = build_model(cfg)
+    cfg = ConvRNNConfig(cell="convttlstm", ctt_order=3, history=4, tt_padding="stepwise", **SMALL)
+    model = create_model(cfg)
     path = tmp_path / "convttlstm-mnist.pt"
     torch.save({"epoch": 7, "model_state_dict": authors_state_dict(model, layout, prefix)}, path)
     loaded = load_model(path)
     assert not loaded.training
     got = loaded.config
-    assert (got.order, got.steps, got.rank, got.kernel, got.blocks, got.channels, got.skip_stride) == (3, 4, 3, 3, [2, 1, 1, 2], [4, 6, 6, 4], 2)
+    assert (got.ctt_order, got.history, got.rank, got.kernel, got.blocks, got.channels, got.skip_stride) == (3, 4, 3, 3, [2, 1, 1, 2], [4, 6, 6, 4], 2)
     assert got.tt_padding == "stepwise"  # the authors' border behaviour
     frames = torch.rand(2, 3, 1, 8, 8)
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str) -> 
 
 def test_import_authors_convlstm(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(cell="convlstm", **SMALL), image_channels=3)
+    model = create_model(ConvRNNConfig(cell="convlstm", **SMALL), image_channels=3)
     path = tmp_path / "convlstm.pt"
     torch.save({"model_state_dict": authors_state_dict(model, "conv2d")}, path)
     loaded = load_model(path)
@@ -77,8 +78,8 @@ def test_import_authors_convlstm(tmp_path: Path) -> None:
 
 def test_roundtrip_own_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    recipe = Recipe(model=ModelConfig(cell="convlstm_ttd", **SMALL))
-    model = build_model(recipe.model)
+    recipe = Recipe(model=ConvRNNConfig(cell="convlstm_ttd", **SMALL))
+    model = create_model(recipe.model)
     save_checkpoint(tmp_path / "run" / "best.pt", model, recipe, epoch=3)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt"]  # no temporary left
     loaded, stored = load_model_and_recipe(tmp_path / "run" / "best.pt")

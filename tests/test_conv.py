@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cttlstm_cli.models import conv
-from cttlstm_cli.models.conv import conv2d, nnpack_available, set_cpu_conv
+from cttlstm_cli.models.layers import conv
+from cttlstm_cli.models.layers.conv import conv2d, nnpack_available, set_cpu_conv
 
 
 def took_nnpack(y: torch.Tensor) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cttlstm_cli.models.ctt import ConvTensorTrain, compose_convs
+from cttlstm_cli.models.layers.ctt import ConvTensorTrain, compose_convs
 
 
 def eq8_kernel(cores: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +29,7 @@ def eq8_kernel(cores: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Te
 
 
 def random_history(module: ConvTensorTrain, channels: int, size=(13, 11), batch=2) -> list[torch.Tensor]:
-    return [torch.randn(batch, channels, *size, dtype=torch.float64) for _ in range(module.steps)]
+    return [torch.randn(batch, channels, *size, dtype=torch.float64) for _ in range(module.history)]
 
 
 @pytest.mark.parametrize("order,steps,kernel", [(1, 1, 3), (2, 2, 5), (3, 3, 5), (3, 5, 3), (4, 4, 3)])
@@ -57,7 +57,7 @@ def test_compose_convs_matches_eq8_sums() -> None:
 def test_eq8_kernels_applied_directly_equal_the_recursion() -> None:
     """Sum_i K(i) * U_i with K(i) from Eq. 8 (zero-padded U_i) equals the sequential recursion."""
     torch.manual_seed(1)
-    module = ConvTensorTrain(5, order=3, steps=3, rank=4, kernel_size=5).double()
+    module = ConvTensorTrain(5, order=3, history=3, rank=4, kernel_size=5).double()
     history = random_history(module, 5)
     u = module.preprocessed(history)
     cores = [(c.weight, c.bias) for c in module.cores]
@@ -74,7 +74,7 @@ def test_eq8_kernels_applied_directly_equal_the_recursion() -> None:
 def test_interior_independent_of_border_semantics() -> None:
     """Stepwise (authors') and composed padding agree away from the frame edge, and differ near it."""
     torch.manual_seed(2)
-    module = ConvTensorTrain(3, order=3, steps=3, rank=4, kernel_size=3).double()
+    module = ConvTensorTrain(3, order=3, history=3, rank=4, kernel_size=3).double()
     history = random_history(module, 3, size=(16, 16))
     composed = module(history)
     module.tt_padding = "stepwise"
@@ -93,7 +93,7 @@ def test_parallel_refuses_stepwise_padding() -> None:
 def test_receptive_field_grows_with_time_gap() -> None:
     """Requirement 2: a pixel of the oldest state reaches further than one of the newest."""
     torch.manual_seed(3)
-    module = ConvTensorTrain(1, order=3, steps=3, rank=2, kernel_size=3).double()
+    module = ConvTensorTrain(1, order=3, history=3, rank=2, kernel_size=3).double()
     size = 15
     reach = []
     for slot in range(3):

@@ -20,11 +20,11 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 FAULT_PROBE = """
 import json, resource, torch
 from cttlstm_cli.devices import retain_freed_memory
-from cttlstm_cli.models import build_model
-from cttlstm_cli.recipe import ModelConfig
+from cttlstm_cli.models import create_model
+from cttlstm_cli.models.convrnn import ConvRNNConfig
 retained = retain_freed_memory()
 torch.manual_seed(0)
-model = build_model(ModelConfig(blocks=[1, 1, 1, 1], channels=[16, 16, 16, 16], rank=4, kernel=3))
+model = create_model(ConvRNNConfig(blocks=[1, 1, 1, 1], channels=[16, 16, 16, 16], rank=4, kernel=3))
 clips = torch.rand(2, 20, 1, 32, 32)
 def step():
     model(clips, 10, 10, 1.0).square().mean().backward()

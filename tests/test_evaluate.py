@@ -13,9 +13,10 @@ from PIL import Image
 
 from cttlstm_cli.data.dataset import EarlyActivityDataset, open_dataset
 from cttlstm_cli.evaluation.metrics import mse, psnr, ssim
-from cttlstm_cli.models import build_model
+from cttlstm_cli.models import create_model
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
-from cttlstm_cli.recipe import ModelConfig, load_recipe
+from cttlstm_cli.models.convrnn import ConvRNNConfig
+from cttlstm_cli.recipe import load_recipe
 
 from synthetic import labelled_dataset
 from conftest import RECIPES
@@ -132,9 +133,9 @@ def test_authors_checkpoint_with_data(cli, trained_smoke, tmp_path: Path) -> Non
     from cttlstm_cli.evaluation.runner import data_config_for, evaluate_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(cell="convttlstm", order=2, steps=3, rank=4, kernel=3, blocks=[1, 1], channels=[8, 8],
+    cfg = ConvRNNConfig(cell="convttlstm", ctt_order=2, history=3, rank=4, kernel=3, blocks=[1, 1], channels=[8, 8],
                       skip_stride=None, tt_padding="stepwise")
-    model = build_model(cfg).eval()
+    model = create_model(cfg).eval()
     path = tmp_path / "convttlstm-mnist.pt"
     torch.save({"epoch": 3, "model_state_dict": authors_state_dict(model, "conv3d")}, path)
 
@@ -154,7 +155,7 @@ def test_classifier_accuracy_overall_and_per_group(cli, tmp_path: Path) -> None:
     recipe = load_recipe(RECIPES / "smoke.yaml", [f"data.path={data}", "data.dataset=ssv2", "model.classes=3",
                                                   "data.observed_fraction=0.5", "data.input_frames=4", "data.future_frames=3"])
     torch.manual_seed(1)
-    model = build_model(recipe.model, 1).eval()
+    model = create_model(recipe.model, 1).eval()
     ckpt = tmp_path / "clf.pt"
     save_checkpoint(ckpt, model, recipe)
     rep = _json(cli("evaluate", ckpt, "--metrics", "mse", "--json", "--out", tmp_path / "ev", "-q"))

@@ -3,16 +3,20 @@ literal per-step reference implementation, in values and in gradients."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from cttlstm_cli.models import build_model, conv
-from cttlstm_cli.recipe import ModelConfig
+from cttlstm_cli.models import create_model
+from cttlstm_cli.models.convrnn.reference import ReferenceConvRNN
+from cttlstm_cli.models.layers import conv
+from cttlstm_cli.models.convrnn import ConvRNNConfig
 
 CONFIGS = [
-    dict(cell="convttlstm", order=3, steps=3),
-    dict(cell="convttlstm", order=2, steps=4, tt_padding="stepwise"),
-    dict(cell="convttlstm", order=3, steps=3, ctt_form="parallel"),
+    dict(cell="convttlstm", ctt_order=3, history=3),
+    dict(cell="convttlstm", ctt_order=2, history=4, tt_padding="stepwise"),
+    dict(cell="convttlstm", ctt_order=3, history=3, ctt_form="parallel"),
     dict(cell="convlstm"),
     dict(cell="convlstm_ttd"),
     dict(cell="convttlstm", encoder_channels=[4, 6], classes=3),
@@ -21,10 +25,9 @@ CONFIGS = [
 
 def pair(cfg: dict, dtype=torch.float64):
     torch.manual_seed(0)
-    fast = build_model(ModelConfig(blocks=[2, 1, 1, 2], channels=[4, 6, 6, 4], rank=3, kernel=3, **cfg)).to(dtype)
-    ref = build_model(fast.config).to(dtype)
-    ref.load_state_dict(fast.state_dict())
-    return fast, ref.use_reference()
+    fast = create_model(ConvRNNConfig(blocks=[2, 1, 1, 2], channels=[4, 6, 6, 4], rank=3, kernel=3, **cfg)).to(dtype)
+    # a copy, so that each side accumulates its own gradients
+    return fast, ReferenceConvRNN(copy.deepcopy(fast))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
@@ -39,7 +42,7 @@ def test_fast_rollout_equals_reference(cfg: dict, teacher_forcing: float) -> Non
 
 
 def test_fast_step_api_streams_like_the_reference() -> None:
-    fast, ref = pair(dict(cell="convttlstm", order=3, steps=4))
+    fast, ref = pair(dict(cell="convttlstm", ctt_order=3, history=4))
     frames = torch.rand(2, 5, 1, 8, 8, dtype=torch.float64)
     sf, sr = fast.init_state(2, 8, 8), ref.init_state(2, 8, 8)
     for t in range(5):
@@ -50,7 +53,7 @@ def test_fast_step_api_streams_like_the_reference() -> None:
 
 def test_fast_training_gradients_equal_reference_in_float32() -> None:
     """The CPU benchmark's setting in miniature: float32, fwd+bwd over 19 steps, <= 1e-5 relative."""
-    fast, ref = pair(dict(cell="convttlstm", order=3, steps=3), dtype=torch.float32)
+    fast, ref = pair(dict(cell="convttlstm", ctt_order=3, history=3), dtype=torch.float32)
     clips = torch.rand(2, 20, 1, 16, 16)
     for model in (fast, ref):
         out = model(clips, 10, 10, 1.0)
@@ -61,7 +64,7 @@ def test_fast_training_gradients_equal_reference_in_float32() -> None:
 
 
 def test_channels_last_weights_give_the_same_rollout() -> None:
-    fast, ref = pair(dict(cell="convttlstm", order=3, steps=3), dtype=torch.float32)
+    fast, ref = pair(dict(cell="convttlstm", ctt_order=3, history=3), dtype=torch.float32)
     fast = fast.to(memory_format=torch.channels_last)
     clips = torch.rand(2, 7, 1, 12, 8)
     torch.testing.assert_close(fast(clips, 3, 4, 1.0), ref(clips, 3, 4, 1.0), rtol=1e-5, atol=1e-6)
@@ -73,10 +76,9 @@ def test_fast_training_with_nnpack_convs_equals_reference(monkeypatch: pytest.Mo
     nnpack = conv._nnpack_conv
     monkeypatch.setattr(conv, "_nnpack_conv", lambda *a: (calls.append(a[0].shape), nnpack(*a))[1])
     torch.manual_seed(0)
-    cfg = ModelConfig(blocks=[1, 1, 1, 1], channels=[16, 16, 16, 16], rank=4, kernel=3, order=3, steps=3)
-    fast = build_model(cfg)
-    ref = build_model(cfg).use_reference()
-    ref.load_state_dict(fast.state_dict())
+    cfg = ConvRNNConfig(blocks=[1, 1, 1, 1], channels=[16, 16, 16, 16], rank=4, kernel=3, ctt_order=3, history=3)
+    fast = create_model(cfg)
+    ref = ReferenceConvRNN(copy.deepcopy(fast))
     clips = torch.rand(2, 20, 1, 32, 32)
     for model in (fast, ref):
         out = model(clips, 10, 10, 1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cttlstm_cli.models import build_model
+from cttlstm_cli.models import create_model
 from cttlstm_cli.recipe import load_recipe
 from cttlstm_cli.training import memory
 from cttlstm_cli.training.memory import activation_bytes_per_clip, choose_micro_batch, resolve_micro_batch
@@ -30,7 +30,7 @@ def test_micro_batches_give_the_full_batch_step(teacher_forcing: float) -> None:
     results = []
     for micro in (None, 2):
         torch.manual_seed(0)
-        model = build_model(recipe.model).double()
+        model = create_model(recipe.model).double()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keep the weights: compare the step's gradients
         loss = train_step(model, opt, clips, recipe, teacher_forcing, generator=torch.Generator().manual_seed(3), micro_batch=micro)
         results.append((loss, [p.grad.clone() for p in model.parameters()]))
@@ -52,7 +52,7 @@ def test_choose_micro_batch_takes_the_largest_divisor_that_fits() -> None:
 
 def test_activation_estimate_scales_with_pixels_and_matches_a_real_backward() -> None:
     small, large = smoke(), smoke("data.frame_size=[64,64]")
-    model = build_model(small.model)
+    model = create_model(small.model)
     per_clip_32 = activation_bytes_per_clip(model, small, torch.device("cpu"))
     per_clip_64 = activation_bytes_per_clip(model, large, torch.device("cpu"))
     assert 3.0 <= per_clip_64 / per_clip_32 <= 4.5
@@ -74,7 +74,7 @@ def test_activation_estimate_scales_with_pixels_and_matches_a_real_backward() ->
 
 def test_trainer_splits_the_batch_when_memory_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = smoke()
-    model = build_model(recipe.model)
+    model = create_model(recipe.model)
     per_clip = activation_bytes_per_clip(model, recipe, torch.device("cpu"))
     monkeypatch.setattr(memory, "available_memory", lambda device: int(per_clip * 2 * memory.SAFETY / 0.8) + 1)
     messages: list[str] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cttlstm_cli.models import build_model
-from cttlstm_cli.models.cells import TTConv2d, balanced_factors
-from cttlstm_cli.recipe import ModelConfig
+from cttlstm_cli.models import create_model
+from cttlstm_cli.models.layers import TTConv2d, balanced_factors
+from cttlstm_cli.models.convrnn import ConvRNNConfig
 
 TINY = dict(blocks=[1, 1, 1, 1], channels=[4, 6, 6, 4], rank=3, kernel=3)
 
@@ -15,19 +15,19 @@ TINY = dict(blocks=[1, 1, 1, 1], channels=[4, 6, 6, 4], rank=3, kernel=3)
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        (dict(cell="convttlstm", order=3, steps=3, rank=8, kernel=5), 2_687_281),
+        (dict(cell="convttlstm", ctt_order=3, history=3, rank=8, kernel=5), 2_687_281),
         (dict(cell="convlstm", kernel=5), 3_973_201),
-        (dict(cell="convttlstm", order=3, steps=5, rank=8), 3_263_281),
-        (dict(cell="convttlstm", order=5, steps=5, rank=8), 2_918_065),
+        (dict(cell="convttlstm", ctt_order=3, history=5, rank=8), 3_263_281),
+        (dict(cell="convttlstm", ctt_order=5, history=5, rank=8), 2_918_065),
     ],
 )
 def test_paper_parameter_counts(overrides: dict, expected: int) -> None:
-    model = build_model(ModelConfig(**overrides), image_channels=1)
+    model = create_model(ConvRNNConfig(**overrides), image_channels=1)
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_layer_layout_and_skips() -> None:
-    model = build_model(ModelConfig())
+    model = create_model(ConvRNNConfig())
     assert list(model.cells) == [f"b{b}l{l}" for b in range(4) for l in range(3)]
     assert model.cells["b0l0"].in_channels == 1
     assert model.cells["b1l0"].in_channels == 32
@@ -47,7 +47,7 @@ def test_classic_ttd_kernel_rebuilds_dense_shape() -> None:
 @pytest.mark.parametrize("cell", ["convttlstm", "convlstm", "convlstm_ttd"])
 def test_forward_shapes_and_unclamped_outputs(cell: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(cell=cell, **TINY), image_channels=2)
+    model = create_model(ConvRNNConfig(cell=cell, **TINY), image_channels=2)
     frames = torch.rand(3, 4, 2, 10, 12)
     out = model(frames, future_frames=5)
     assert out.shape == (3, 5, 2, 10, 12)
@@ -58,7 +58,7 @@ def test_forward_shapes_and_unclamped_outputs(cell: str) -> None:
 def test_rollout_feeds_back_predictions() -> None:
     """Steps >= I read the previous output, never the ground truth, with teacher forcing 0."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY)).double()
+    model = create_model(ConvRNNConfig(**TINY)).double()
     clips = torch.rand(2, 8, 1, 8, 8, dtype=torch.float64)
     out = model(clips, future_frames=4, context_frames=4, teacher_forcing=0.0)
     assert out.shape == (2, 7, 1, 8, 8)
@@ -80,7 +80,7 @@ def test_rollout_feeds_back_predictions() -> None:
 
 def test_teacher_forcing_one_uses_ground_truth() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY)).double()
+    model = create_model(ConvRNNConfig(**TINY)).double()
     clips = torch.rand(2, 8, 1, 8, 8, dtype=torch.float64)
     forced = model(clips, 4, 4, teacher_forcing=1.0)
     # Equivalent to treating all 7 input frames as context.
@@ -90,7 +90,7 @@ def test_teacher_forcing_one_uses_ground_truth() -> None:
 
 def test_scheduled_sampling_is_per_sample_and_per_step() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY)).double()
+    model = create_model(ConvRNNConfig(**TINY)).double()
     clips = torch.rand(2, 8, 1, 8, 8, dtype=torch.float64)
     mask = torch.tensor([[True, False, True], [False, False, False]])
     mixed = model(clips, 4, 4, teacher_forcing=mask)
@@ -108,7 +108,7 @@ def test_scheduled_sampling_is_per_sample_and_per_step() -> None:
 @pytest.mark.parametrize("cell", ["convttlstm", "convlstm", "convlstm_ttd"])
 def test_every_parameter_receives_a_gradient(cell: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(cell=cell, order=3, steps=4, **{k: v for k, v in TINY.items()}))
+    model = create_model(ConvRNNConfig(cell=cell, ctt_order=3, history=4, **{k: v for k, v in TINY.items()}))
     clips = torch.rand(2, 6, 1, 8, 8)
     out = model(clips, 3, 3, teacher_forcing=0.5)
     (out - clips[:, 1:]).abs().mean().backward()
@@ -118,7 +118,7 @@ def test_every_parameter_receives_a_gradient(cell: str) -> None:
 
 def test_parallel_form_network_equals_sequential() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY)).double()
+    model = create_model(ConvRNNConfig(**TINY)).double()
     frames = torch.rand(2, 4, 1, 9, 9, dtype=torch.float64)
     seq = model(frames, future_frames=3)
     model.set_ctt_form("parallel")

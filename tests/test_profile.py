@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from cttlstm_cli.models import build_model
-from cttlstm_cli.profiling import analytic_macs, counted_macs, profile_recipe
-from cttlstm_cli.recipe import ModelConfig, load_recipe
+from cttlstm_cli.models import create_model
+from cttlstm_cli.models.convrnn.flops import analytic_macs
+from cttlstm_cli.profiling import profile_recipe
+from cttlstm_cli.models.convrnn import ConvRNNConfig
+from cttlstm_cli.recipe import load_recipe
 
 from conftest import RECIPES
 
@@ -19,7 +21,7 @@ PAPER_GFLOPS = {("convttlstm", 64): 10.76, ("convttlstm", 120): 37.83, ("convlst
 
 @pytest.mark.parametrize("cell,size", list(PAPER_GFLOPS))
 def test_flops_match_paper_within_3_percent(cell: str, size: int) -> None:
-    macs = analytic_macs(ModelConfig(cell=cell), 1, size, size)
+    macs = analytic_macs(ConvRNNConfig(cell=cell), 1, size, size)
     assert abs(macs / 1e9 / PAPER_GFLOPS[cell, size] - 1) < 0.03
 
 
@@ -29,15 +31,15 @@ def test_flops_match_paper_within_3_percent(cell: str, size: int) -> None:
         dict(cell="convttlstm"),
         dict(cell="convttlstm", tt_padding="stepwise"),
         dict(cell="convttlstm", ctt_form="parallel"),
-        dict(cell="convttlstm", order=2, steps=4, rank=4, kernel=3),
+        dict(cell="convttlstm", ctt_order=2, history=4, rank=4, kernel=3),
         dict(cell="convlstm"),
         dict(cell="convlstm_ttd"),
     ],
 )
 def test_analytic_flops_equal_torch_flop_counter(cfg: dict) -> None:
-    config = ModelConfig(**cfg)
-    model = build_model(config, image_channels=1)
-    assert analytic_macs(config, 1, 24, 20) == counted_macs(model, 24, 20)
+    config = ConvRNNConfig(**cfg)
+    model = create_model(config, image_channels=1)
+    assert analytic_macs(config, 1, 24, 20) == model.analytic_macs(24, 20) == model.counted_macs(24, 20)
 
 
 def test_profile_json(cli) -> None:
@@ -73,7 +75,7 @@ def test_profile_table_and_overrides(cli) -> None:
     "args,message",
     [
         (["profile", "nope.yaml"], "error: recipe not found: nope.yaml"),
-        (["profile", "smoke", "--set", "model.steps=0"], "error: "),
+        (["profile", "smoke", "--set", "model.history=0"], "error: "),
         (["profile", "smoke", "--device", "cuda:7"], "error: device 'cuda:7'"),
         (["profile", "smoke", "--batch-size", "zero"], "error: Invalid value for '--batch-size'"),
     ],
@@ -96,9 +98,9 @@ def test_timed_steps_run_the_model_as_training_would(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(torch, "compile", compile_for_test)
     recipe = load_recipe(RECIPES / "smoke.yaml", ["train.precision=bf16", "train.compile=max-autotune"])
-    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, steps=1)
+    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, timed_steps=1)
     fp32 = load_recipe(RECIPES / "smoke.yaml", ["train.compile=true"])
-    profile_recipe(fp32, torch.device("cpu"), batch_size=2, steps=1)
+    profile_recipe(fp32, torch.device("cpu"), batch_size=2, timed_steps=1)
     assert seen == [("max-autotune", True), ("default", False)] and result.step_seconds > 0
 
 
@@ -111,8 +113,8 @@ def test_profile_splits_a_batch_that_does_not_fit_like_training(monkeypatch: pyt
     real_step = profiling.train_step
     monkeypatch.setattr(profiling, "train_step", lambda *a, **kw: (used.append(kw["micro_batch"]), real_step(*a, **kw))[1])
     recipe = load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=4"])  # 4 does not divide 2: ignored
-    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, steps=1)
+    result = profile_recipe(recipe, torch.device("cpu"), batch_size=2, timed_steps=1)
     assert used == [1, 1] and result.step_seconds > 0
     used.clear()
-    profile_recipe(load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=2"]), torch.device("cpu"), batch_size=4, steps=1)
+    profile_recipe(load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=2"]), torch.device("cpu"), batch_size=4, timed_steps=1)
     assert used == [2, 2]

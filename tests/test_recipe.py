@@ -22,7 +22,7 @@ def test_bundled_recipes_validate(name: str) -> None:
 def test_kth_is_128_and_paper_setting() -> None:
     r = load_recipe(RECIPES / "kth.yaml")
     assert r.data.frame_size == (128, 128)
-    assert (r.model.order, r.model.steps, r.model.rank, r.model.kernel) == (3, 3, 8, 5)
+    assert (r.model.ctt_order, r.model.history, r.model.rank, r.model.kernel) == (3, 3, 8, 5)
     assert r.eval.future_frames == [20, 40]
 
 
@@ -34,7 +34,7 @@ def test_overrides_apply_and_validate() -> None:
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("model.steps=2", "model.steps (M=2) must be >= model.order (N=3)"),
+        ("model.history=2", "model.history (M=2) must be >= model.ctt_order (N=3)"),
         ("data.input_frames=0", "data.input_frames: Input should be greater than or equal to 1"),
         ("train.lr=-0.1", "train.lr: Input should be greater than 0"),
         ("train.lr=fast", "train.lr: Input should be a valid number"),

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models import build_model, cells
+from cttlstm_cli.models import create_model
+from cttlstm_cli.models.convrnn import cells
 from cttlstm_cli.models.checkpoint import read_checkpoint
 from cttlstm_cli.recipe import TrainConfig, load_recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
@@ -174,7 +175,7 @@ def test_plateau_schedule() -> None:
 def test_bf16_autocast_step_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = smoke(train__precision="bf16")
     torch.manual_seed(0)
-    model = build_model(recipe.model)
+    model = create_model(recipe.model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     clips = BouncingSquares(4, 10, 32)[0:4]
     before = [p.detach().clone() for p in model.parameters()]
@@ -227,7 +228,7 @@ def test_activity_classifier_shapes_and_loss() -> None:
         ["model.blocks=[1,1]", "model.channels=[8,8]", "model.encoder_channels=[4,8]", "model.classes=5", "data.input_frames=3", "data.future_frames=2"],
     )
     torch.manual_seed(0)
-    model = build_model(recipe.model, image_channels=3)
+    model = create_model(recipe.model, image_channels=3)
     assert model.cells["b0l0"].in_channels == 8  # the encoder's output, at 1/4 resolution
     clips = torch.rand(4, 5, 3, 32, 24)
     outputs, logits = model(clips, 2, 3, 0.0, classify=True)

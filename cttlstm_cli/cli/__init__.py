@@ -7,6 +7,7 @@ Ctrl-C exits with 130. Commands parse options, call the library and print.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -16,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exceptions
 
 from cttlstm_cli import __version__
-from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.errors import CttlstmError, RecipeNotice
 
 app = typer.Typer(
     name="cttlstm",
@@ -49,10 +50,23 @@ from cttlstm_cli.cli import evaluate as _evaluate  # noqa: E402,F401
 from cttlstm_cli.cli import predict as _predict  # noqa: E402,F401
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' hook signature
+    if issubclass(category, RecipeNotice):
+        print(f"notice: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for user errors."""
     try:
-        result = app(args=argv, prog_name="cttlstm", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", RecipeNotice)  # once per key and place
+            warnings.showwarning = _show_notice
+            result = app(args=argv, prog_name="cttlstm", standalone_mode=False)
     except CttlstmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,11 +18,6 @@ _FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}"
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
 
 
-def _label(checkpoint: str) -> str:
-    path = Path(checkpoint)
-    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
-
-
 class _Bar:
     """A rich progress bar on stderr (stdout stays clean for --json)."""
 
@@ -55,6 +50,8 @@ class _Bar:
 
 
 def _table(reports: list[dict[str, Any]]) -> Table:
+    from cttlstm_cli.evaluation.runner import report_label
+
     horizons = []
     for rep in reports:
         for h in rep["horizons"]:
@@ -89,11 +86,13 @@ def _table(reports: list[dict[str, Any]]) -> Table:
                 value = by_f.get(f, {}).get("metrics", {}).get(m)
                 cells.append("-" if value is None else _FORMATS[m].format(value))
         clips = "/".join(str(h["num_samples"]) for h in rep["horizons"])
-        table.add_row(_label(rep["checkpoint"]), rep["model"], *cells, clips, f"{rep['parameters'] / 1e6:.2f}M")
+        table.add_row(report_label(rep["checkpoint"]), rep["model"], *cells, clips, f"{rep['parameters'] / 1e6:.2f}M")
     return table
 
 
 def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
+    from cttlstm_cli.evaluation.runner import report_label
+
     with_acc = [r for r in reports if r.get("accuracy")]
     if not with_acc:
         return None
@@ -114,7 +113,7 @@ def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
         for g in groups:
             value = acc.get("per_group", {}).get(g, {}).get("top1")
             cells.append("-" if value is None else f"{100 * value:.1f}")
-        table.add_row(_label(rep["checkpoint"]), f"{100 * acc['top1']:.1f}", *cells, str(acc["num_samples"]))
+        table.add_row(report_label(rep["checkpoint"]), f"{100 * acc['top1']:.1f}", *cells, str(acc["num_samples"]))
     return table
 
 
@@ -157,12 +156,13 @@ def evaluate(
     """
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.evaluation.metrics import get_convention, parse_metrics
-    from cttlstm_cli.evaluation.plots import plot_per_frame
     from cttlstm_cli.evaluation.runner import (
-        default_output_dir,
+        combined_report,
         evaluate_checkpoint,
         parse_future,
-        write_json_atomic,
+        report_label,
+        shared_lpips,
+        write_reports,
     )
     from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
 
@@ -174,16 +174,11 @@ def evaluate(
     if len(set(paths)) != len(paths):
         raise CttlstmError("the same checkpoint is given twice")
     dev = open_device(device)
-    lpips_model = None
-    wants_lpips_explicitly = metric_names is not None and "lpips" in metric_names
-    if wants_lpips_explicitly or lpips_weights is not None:
-        from cttlstm_cli.evaluation.lpips import load_lpips
-
-        lpips_model = load_lpips(lpips_weights, device=dev)
+    lpips_model = shared_lpips(metric_names, lpips_weights, dev)
 
     reports = []
     for path in paths:
-        bar = None if quiet else _Bar(_label(str(path)))
+        bar = None if quiet else _Bar(report_label(str(path)))
         try:
             report = evaluate_checkpoint(
                 path,
@@ -207,28 +202,9 @@ def evaluate(
         reports.append(report.to_dict())
         conv = conv or report.convention  # one convention for every row of the table
 
-    if len(reports) == 1:
-        rep = reports[0]
-        folder = out or default_output_dir(checkpoints[0], split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
-        write_json_atomic(folder / "report.json", rep)
-        plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
-        written = [folder]
-        payload: dict[str, Any] = rep
-    else:
-        payload = {"convention": reports[0]["convention"], "checkpoints": reports}
-        if out is not None:
-            write_json_atomic(out / "report.json", payload)
-            plot_per_frame(reports, out / "per_frame.png", [_label(r["checkpoint"]) for r in reports])
-            written = [out]
-        else:
-            written = []
-            for arg, rep in zip(checkpoints, reports):
-                folder = default_output_dir(arg, split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
-                write_json_atomic(folder / "report.json", rep)
-                plot_per_frame([rep], folder / "per_frame.png", [_label(rep["checkpoint"])])
-                written.append(folder)
+    written = write_reports(reports, checkpoints, split, out)
     if as_json:
-        typer.echo(json.dumps(payload, indent=2))
+        typer.echo(json.dumps(combined_report(reports), indent=2))
         return
     console.print(_table(reports))
     acc = _accuracy_table(reports)

@@ -10,11 +10,8 @@ from cttlstm_cli.cli import app
 from cttlstm_cli.cli.common import console, err_console
 from cttlstm_cli.errors import CttlstmError
 
-DATASETS = ("mmnist", "kth", "ssv2", "folder")
-
-
-def parse_size(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
-    """``64`` -> (64, 64); ``120x160`` or ``120,160`` -> (120, 160) (H, W)."""
+def parse_size(text: str | None, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``64`` -> (64, 64); ``120x160`` or ``120,160`` -> (120, 160) (H, W); ``default`` when not given."""
     if text is None:
         return default
     parts = text.lower().replace(",", "x").split("x")
@@ -98,51 +95,20 @@ def prepare(
     keeps its finished shards; an output prepared with other options is never
     overwritten. See docs/prepare.md.
     """
-    from cttlstm_cli.data.prepare import default_workers
+    from cttlstm_cli.data.build import prepare_dataset
 
-    if dataset not in DATASETS:
-        raise CttlstmError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    n_workers = workers or default_workers()
-    progress = not quiet
     if dataset == "mmnist":
-        if source is not None:
-            raise CttlstmError("mmnist takes no SOURCE; use --mnist for the digit file")
-        from cttlstm_cli.data.mmnist import build_mmnist
-
-        h, w = parse_size(size, (64, 64))
-        if h != w:
-            raise CttlstmError(f"Moving-MNIST frames are square; got --size {size}")
-        result = build_mmnist(
-            out, mnist=mnist, size=h, train=train, val=val, test=test, frames=frames, test_frames=test_frames,
-            seed=seed, test_seq=test_seq, workers=n_workers, download=not offline, progress=progress,
-        )  # fmt: skip
+        options = dict(mnist=mnist, train=train, val=val, test=test, frames=frames, test_frames=test_frames,
+                       test_seq=test_seq, download=not offline)  # fmt: skip
+    elif dataset == "kth":
+        options = dict(protocol=protocol, val_persons=_int_list(val_persons, "--val-persons") or [], sequences=sequences)
+    elif dataset == "ssv2":
+        options = dict(subset=subset, labels_dir=labels, max_frames=max_frames)
     else:
-        if source is None:
-            raise CttlstmError(f"{dataset} needs a SOURCE folder (see 'cttlstm prepare --help')")
-        if not source.exists():
-            raise CttlstmError(f"SOURCE not found: {source}")
-        if dataset == "kth":
-            from cttlstm_cli.data.kth import build_kth
-
-            result = build_kth(
-                source, out, protocol=protocol, size=parse_size(size, (128, 128)),
-                val_persons=_int_list(val_persons, "--val-persons") or [], sequences=sequences,
-                workers=n_workers, progress=progress,
-            )  # fmt: skip
-        elif dataset == "ssv2":
-            from cttlstm_cli.data.ssv2 import build_ssv2
-
-            result = build_ssv2(
-                source, out, subset=subset, labels_dir=labels, size=parse_size(size, (128, 128)),
-                channels=1 if gray else 3, max_frames=max_frames, seed=seed, workers=n_workers, progress=progress,
-            )  # fmt: skip
-        else:
-            from cttlstm_cli.data.folder import build_folder
-
-            result = build_folder(
-                source, out, size=parse_size(size, (64, 64)), channels=1 if gray else 3,
-                fractions=_fractions(split), max_frames=max_frames, seed=seed, workers=n_workers, progress=progress,
-            )  # fmt: skip
+        options = dict(fractions=_fractions(split), max_frames=max_frames)
+    result = prepare_dataset(
+        dataset, source, out, size=parse_size(size, None), workers=workers, seed=seed, gray=gray, progress=not quiet, **options
+    )
     _report(result)
 
 

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from cttlstm_cli.cli import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
-from cttlstm_cli.recipe import CELL_NAMES
 
 DEFAULT_RECIPES = ["mmnist", "mmnist-convlstm"]
 
@@ -28,7 +27,7 @@ def profile(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Batch for the timing (default: the recipe's)."),
     no_time: bool = typer.Option(False, "--no-time", help="Skip the timed training steps."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per recipe."),
-    steps: int = typer.Option(2, "--steps", min=1, help="Timed steps after one warm-up step."),
+    timed_steps: int = typer.Option(2, "--timed-steps", "--steps", min=1, help="Training steps timed after one warm-up step."),
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """Report parameters, FLOPs per one-step prediction and the time of a 10,000-clip epoch.
@@ -48,7 +47,7 @@ def profile(
     with err_console.status("profiling...") as status:
         for recipe in loaded:
             status.update(f"profiling {recipe.name} on {dev}...")
-            rows.append(profile_recipe(recipe, dev, batch_size, measure_time=not no_time, steps=steps))
+            rows.append(profile_recipe(recipe, dev, batch_size, measure_time=not no_time, timed_steps=timed_steps))
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -57,10 +56,10 @@ def profile(
     for r in rows:
         table.add_column(r.recipe, justify="right")
     add = table.add_row
-    add("model", *(CELL_NAMES[r.cell] for r in rows))
+    add("model", *(r.model for r in rows))
     add("parameters", *(f"{r.params:,}" for r in rows))
     add("frame", *(f"{r.frame_size[0]}x{r.frame_size[1]}" for r in rows))
-    add("GFLOPs / step (paper def.)", *(f"{r.flops_per_step / 1e9:.2f}" for r in rows))
+    add("GFLOPs / step (paper def.)", *(f"{r.flops_per_step / 1e9:.2f}" if r.flops_analytic else "-" for r in rows))
     add("GFLOPs / step (counted)", *(f"{r.flops_per_step_counted / 1e9:.2f}" for r in rows))
     if not no_time:
         add("batch", *(str(r.batch_size) for r in rows))

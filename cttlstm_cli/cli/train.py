@@ -84,6 +84,7 @@ def train(
     """
     from cttlstm_cli.training.data import open_training_data
     from cttlstm_cli.devices import open_device
+    from cttlstm_cli.models import create_model
     from cttlstm_cli.recipe import load_recipe
     from cttlstm_cli.training.trainer import Trainer, default_run_dir, newest_run_dir
 
@@ -95,6 +96,8 @@ def train(
 
             raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
     dev = open_device(device)
+    # A model family that breaks the contract stops here, before any data is prepared or written.
+    create_model(cfg.model, cfg.data.channels)
     train_set, val_set = open_training_data(cfg, console=console)
     trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=console.print)
     if trainer.dist.is_main:

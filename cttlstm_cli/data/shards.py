@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from cttlstm_cli.atomic import write_text_atomic
+from cttlstm_cli.atomic import write_json_atomic
 from cttlstm_cli.errors import CttlstmError
 
 #: bump when the layout changes in a way old readers cannot handle
@@ -40,15 +40,10 @@ CHUNK_FRAMES = 10
 SPLITS = ("train", "val", "test")
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it, so readers never see half a file."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``root/manifest.json`` atomically; returns its path."""
     path = Path(root) / MANIFEST_NAME
-    _atomic_write_json(path, manifest)
+    write_json_atomic(path, manifest)
     return path
 
 
@@ -71,7 +66,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
 
 def write_state(root: Path, options: dict[str, Any]) -> None:
     """Record the options of a prepare in progress (so a re-run can resume or refuse)."""
-    _atomic_write_json(root / STATE_NAME, {"format_version": FORMAT_VERSION, "options": options})
+    write_json_atomic(root / STATE_NAME, {"format_version": FORMAT_VERSION, "options": options})
 
 
 def read_state(root: Path) -> dict[str, Any] | None:

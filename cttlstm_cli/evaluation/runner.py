@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from cttlstm_cli.atomic import write_text_atomic
+from cttlstm_cli.atomic import write_json_atomic
 from cttlstm_cli.data.dataset import make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, get_convention, parse_metrics
 from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
-from cttlstm_cli.recipe import CELL_NAMES, DataConfig, Recipe
+from cttlstm_cli.models import VideoModel
+from cttlstm_cli.recipe import DataConfig, Recipe
 
 #: metrics evaluated by default for checkpoints without a recipe (the authors' files)
 DEFAULT_EVAL_METRICS = ("mse", "psnr", "ssim", "lpips")
@@ -178,7 +179,7 @@ def _limited(dataset: Dataset, limit: int | None) -> Dataset:
 
 
 @torch.no_grad()
-def evaluate_frames(
+def predict_and_score(
     model: torch.nn.Module,
     dataset: Dataset,
     context: int,
@@ -189,67 +190,54 @@ def evaluate_frames(
     workers: int = 0,
     progress: ProgressFn | None = None,
     description: str = "",
-) -> None:
-    """Feed every clip ``[I+F, C, H, W]`` of ``dataset`` through ``model`` and accumulate metrics."""
+    classify: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Predict ``future`` frames from the first ``context`` of every clip ``[I+F, C, H, W]`` of
+    ``dataset`` and accumulate the frame metrics against the rest.
+
+    With ``classify`` (labelled clips, a model with a classifier) also returns the labels and
+    the predicted classes ``(labels, predictions)`` of every clip, in order.
+    """
     total = len(dataset)  # type: ignore[arg-type]
     done = 0
     if progress:
         progress(description, 0, total)
+    labels_all: list[torch.Tensor] = []
+    predicted_all: list[torch.Tensor] = []
     for batch in make_loader(dataset, batch_size, None, workers, device, drop_last=False):
-        clips, _ = split_batch(batch)
+        clips, labels = split_batch(batch)
         clips = clips.to(device, non_blocking=True).float()
-        pred = model(clips[:, :context], future_frames=future)
+        if classify:
+            pred, logits = model(clips[:, :context], future_frames=future, classify=True)
+            labels_all.append(labels.cpu())
+            predicted_all.append(logits.argmax(dim=1).cpu())
+        else:
+            pred = model(clips[:, :context], future_frames=future)
         accumulator.update(pred.float(), clips[:, context : context + future])
         done += clips.shape[0]
         if progress:
             progress(description, done, total)
+    if not classify:
+        return None
+    return torch.cat(labels_all), torch.cat(predicted_all)
 
 
-@torch.no_grad()
-def evaluate_classifier(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    context: int,
-    future: int,
-    accumulator: MetricAccumulator,
-    device: torch.device,
-    groups: dict[str, list[int]] | None,
-    label_names: list[str] | None,
-    batch_size: int = 16,
-    workers: int = 0,
-    progress: ProgressFn | None = None,
-    description: str = "",
+def activity_accuracy(
+    labels: torch.Tensor, predicted: torch.Tensor, groups: dict[str, list[int]] | None, label_names: list[str] | None
 ) -> dict[str, Any]:
-    """Top-1 accuracy (overall, per group, per class) on labelled clips; frame metrics go to ``accumulator``."""
-    total = len(dataset)  # type: ignore[arg-type]
-    done = 0
-    if progress:
-        progress(description, 0, total)
-    labels_all, preds_all = [], []
-    for clips, labels in make_loader(dataset, batch_size, None, workers, device, drop_last=False):
-        clips = clips.to(device, non_blocking=True).float()
-        outputs, logits = model(clips, future, context_frames=context, teacher_forcing=0.0, classify=True)
-        # outputs are the I+F-1 one-step predictions; the last F are the future frames
-        accumulator.update(outputs[:, context - 1 :].float(), clips[:, context : context + future])
-        labels_all.append(labels.cpu())
-        preds_all.append(logits.argmax(dim=1).cpu())
-        done += clips.shape[0]
-        if progress:
-            progress(description, done, total)
-    labels_t = torch.cat(labels_all)
-    preds_t = torch.cat(preds_all)
-    correct = preds_t == labels_t
-    result: dict[str, Any] = {"top1": float(correct.double().mean()), "num_samples": int(labels_t.numel())}
+    """Top-1 accuracy overall, per activity group (the paper's Table 1) and per class."""
+    correct = predicted == labels
+    result: dict[str, Any] = {"top1": float(correct.double().mean()), "num_samples": int(labels.numel())}
     if groups:
         per_group: dict[str, Any] = {}
         for name, ids in groups.items():
-            mask = torch.isin(labels_t, torch.as_tensor(list(ids), dtype=labels_t.dtype))
+            mask = torch.isin(labels, torch.as_tensor(list(ids), dtype=labels.dtype))
             n = int(mask.sum())
             per_group[name] = {"top1": float(correct[mask].double().mean()) if n else None, "num_samples": n}
         result["per_group"] = per_group
     per_class: dict[str, Any] = {}
-    for label in sorted(set(labels_t.tolist())):
-        mask = labels_t == label
+    for label in sorted(set(labels.tolist())):
+        mask = labels == label
         name = label_names[label] if label_names and 0 <= label < len(label_names) else str(label)
         per_class[name] = {"top1": float(correct[mask].double().mean()), "num_samples": int(mask.sum())}
     result["per_class"] = per_class
@@ -257,7 +245,7 @@ def evaluate_classifier(
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: VideoModel,
     data_cfg: DataConfig,
     *,
     checkpoint: str = "",
@@ -282,7 +270,7 @@ def evaluate_model(
         raise CttlstmError(f"--future must be at least 1 frame, got {list(future)}")
     if limit is not None and limit < 1:
         raise CttlstmError(f"--limit must be at least 1, got {limit}")
-    channels = getattr(model, "image_channels", data_cfg.channels)
+    channels = model.image_channels
     if channels != data_cfg.channels:
         raise CttlstmError(f"the model predicts {channels} channel(s) but the data has {data_cfg.channels}")
     workers = data_cfg.resolved_workers() if workers is None else workers
@@ -290,31 +278,28 @@ def evaluate_model(
     model = model.to(device).eval()
     horizons: list[HorizonResult] = []
     accuracy = None
-    is_classifier = getattr(model, "classifier", None) is not None
-    if is_classifier:
+    classify = model.num_classes is not None
+    if classify:
+        # activity recognition: one clip per video from its observed beginning, the recipe's horizon
         future = [int(data_cfg.future_frames)]
-        dataset = EarlyActivityDataset.from_recipe(data_cfg, split)
-        manifest = dataset.base.manifest
-        acc = MetricAccumulator(conv, metric_names, lpips_model, device=device)
-        accuracy = evaluate_classifier(
-            model, _limited(dataset, limit), context, future[0], acc, device,
-            manifest.get("groups"), manifest.get("label_names"), batch_size, workers, progress,
-            f"{context}->{future[0]} + activity",
-        )
-        rep = acc.report()
-        horizons.append(HorizonResult(future[0], rep.num_samples, rep.headline, rep.curves))
-    else:
-        for f in future:
-            f = int(f)
+    for f in (int(f) for f in future):
+        if classify:
+            dataset: Dataset = EarlyActivityDataset.from_recipe(data_cfg, split)
+        else:
             dataset = open_dataset(data_cfg, split, mode="sequential", clip_frames=context + f)
-            acc = MetricAccumulator(conv, metric_names, lpips_model, device=device)
-            evaluate_frames(model, _limited(dataset, limit), context, f, acc, device, batch_size, workers, progress, f"{context}->{f}")
-            rep = acc.report()
-            horizons.append(HorizonResult(f, rep.num_samples, rep.headline, rep.curves))
-    cfg = getattr(model, "config", None)
+        acc = MetricAccumulator(conv, metric_names, lpips_model, device=device)
+        description = f"{context}->{f}" + (" + activity" if classify else "")
+        found = predict_and_score(
+            model, _limited(dataset, limit), context, f, acc, device, batch_size, workers, progress, description, classify
+        )
+        if found is not None:
+            manifest = dataset.base.manifest  # type: ignore[attr-defined]
+            accuracy = activity_accuracy(*found, manifest.get("groups"), manifest.get("label_names"))
+        rep = acc.report()
+        horizons.append(HorizonResult(f, rep.num_samples, rep.headline, rep.curves))
     return EvaluationReport(
         checkpoint=checkpoint,
-        model=CELL_NAMES.get(getattr(cfg, "cell", ""), type(model).__name__),
+        model=model.name,
         parameters=sum(p.numel() for p in model.parameters()),
         convention=conv.name,
         convention_description=conv.describe(),
@@ -404,11 +389,54 @@ def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int]
     return path.parent / f"{path.stem}-{name}"
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to a temporary name beside ``path``, then rename."""
-    import json
+def report_label(checkpoint: str | Path) -> str:
+    """A short name for a checkpoint in tables and plots: the run directory's, or the file's."""
+    path = Path(checkpoint)
+    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
 
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+def shared_lpips(metrics: Sequence[str] | None, weights: str | Path | None, device: torch.device) -> Any:
+    """The LPIPS network to share among several evaluations, or None to let each checkpoint
+    load it only if its recipe asks for LPIPS: loaded here when ``metrics`` names LPIPS or
+    ``weights`` are given."""
+    if (metrics is not None and "lpips" in metrics) or weights is not None:
+        from cttlstm_cli.evaluation.lpips import load_lpips
+
+        return load_lpips(weights, device=device)
+    return None
+
+
+def write_reports(
+    reports: Sequence[dict[str, Any]], sources: Sequence[str | Path], split: str, out: str | Path | None = None
+) -> list[Path]:
+    """Write ``report.json`` and ``per_frame.png`` for evaluated checkpoints; returns the folders.
+
+    One report goes to ``out`` (default :func:`default_output_dir`). Several go together to
+    ``out`` as ``{"convention", "checkpoints": [...]}`` with one plot of all, or without ``out``
+    each to its own default folder. ``sources`` are the checkpoints as the user named them.
+    """
+    from cttlstm_cli.evaluation.plots import plot_per_frame
+
+    def write(folder: Path, payload: dict[str, Any], shown: Sequence[dict[str, Any]]) -> Path:
+        write_json_atomic(folder / "report.json", payload)
+        plot_per_frame(list(shown), folder / "per_frame.png", [report_label(r["checkpoint"]) for r in shown])
+        return folder
+
+    def own_folder(source: str | Path, rep: dict[str, Any]) -> Path:
+        return default_output_dir(source, split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
+
+    if len(reports) == 1:
+        return [write(Path(out) if out is not None else own_folder(sources[0], reports[0]), reports[0], reports)]
+    if out is not None:
+        return [write(Path(out), combined_report(reports), reports)]
+    return [write(own_folder(src, rep), rep, [rep]) for src, rep in zip(sources, reports)]
+
+
+def combined_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One JSON object for several checkpoints' reports (the first one's convention)."""
+    if len(reports) == 1:
+        return dict(reports[0])
+    return {"convention": reports[0]["convention"], "checkpoints": list(reports)}
 
 
 __all__ = [
@@ -419,8 +447,12 @@ __all__ = [
     "data_config_for",
     "default_output_dir",
     "evaluate_checkpoint",
-    "evaluate_classifier",
-    "evaluate_frames",
+    "activity_accuracy",
+    "combined_report",
+    "predict_and_score",
+    "report_label",
+    "shared_lpips",
+    "write_reports",
     "evaluate_model",
     "parse_future",
     "write_json_atomic",

@@ -1,12 +1,35 @@
-"""The model core: cells, the CTT module, the network and checkpoint I/O."""
+"""Model families behind one interface and one registry.
 
-from cttlstm_cli.models.network import VideoPredictionNetwork
-from cttlstm_cli.recipe import ModelConfig
+- :mod:`~cttlstm_cli.models.interface`: :class:`VideoModel`, the contract every family implements,
+  and :class:`ModelConfig`, the base of every family's recipe section;
+- :mod:`~cttlstm_cli.models.registry`: ``register_model`` / ``create_model`` and the
+  ``cttlstm.models`` entry points of third-party families;
+- :mod:`~cttlstm_cli.models.layers`: reusable blocks (CTT module, TT convolution, LSTM update);
+- one folder per family: :mod:`~cttlstm_cli.models.convrnn` (Conv-TT-LSTM, ConvLSTM, classic TTD);
+- :mod:`~cttlstm_cli.models.checkpoint`: checkpoint I/O for every family.
+"""
 
+from cttlstm_cli.models import convrnn  # noqa: F401 - registers the built-in family
+from cttlstm_cli.models.interface import ModelConfig, RecurrentVideoModel, VideoModel, teacher_mask, unwrap
+from cttlstm_cli.models.registry import (
+    DEFAULT_ARCH,
+    create_model,
+    model_class,
+    model_names,
+    register_importer,
+    register_model,
+)
 
-def build_model(cfg: ModelConfig, image_channels: int = 1) -> VideoPredictionNetwork:
-    """Build the video-prediction network described by a recipe's ``model`` section."""
-    return VideoPredictionNetwork(cfg, image_channels)
-
-
-__all__ = ["VideoPredictionNetwork", "build_model"]
+__all__ = [
+    "DEFAULT_ARCH",
+    "ModelConfig",
+    "RecurrentVideoModel",
+    "VideoModel",
+    "create_model",
+    "model_class",
+    "model_names",
+    "register_importer",
+    "register_model",
+    "teacher_mask",
+    "unwrap",
+]

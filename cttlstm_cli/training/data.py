@@ -20,7 +20,7 @@ def open_training_data(recipe: Recipe, console: Any = None) -> tuple[Dataset, Da
     data, train = recipe.data, recipe.train
     if data.dataset == "mmnist":
         ensure_mmnist(data, progress=console is not None)
-    if recipe.model.classes is not None:
+    if recipe.model.num_classes is not None:
         train_set: Dataset = EarlyActivityDataset.from_recipe(data, "train", clips_per_epoch=train.epoch_clips, seed=train.seed)
         val_set: Dataset = EarlyActivityDataset.from_recipe(data, "val")
     else:

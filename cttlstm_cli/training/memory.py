@@ -17,6 +17,7 @@ import os
 import torch
 from torch import nn
 
+from cttlstm_cli.models import unwrap
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.step import autocast, model_loss
 
@@ -31,7 +32,7 @@ def activation_bytes_per_clip(model: nn.Module, recipe: Recipe, device: torch.de
     h, w = data.frame_size
     # Probe at about 32x32 (a multiple of the encoder's downsampling): small enough to be quick,
     # large enough that the CTT's widened border does not dominate.
-    unit = getattr(model, "downsampling", 1)
+    unit = unwrap(model).downsampling
     scale = 1
     while (h // (scale * 2)) * (w // (scale * 2)) >= PROBE_PIXELS and (h // (scale * 2)) % unit == 0 and (w // (scale * 2)) % unit == 0:
         scale *= 2
@@ -46,7 +47,7 @@ def activation_bytes_per_clip(model: nn.Module, recipe: Recipe, device: torch.de
         return t
 
     clip = torch.rand(1, data.clip_frames, data.channels, ph, pw, device=device)
-    labels = torch.zeros(1, dtype=torch.long, device=device) if getattr(model, "classifier", None) is not None else None
+    labels = torch.zeros(1, dtype=torch.long, device=device) if unwrap(model).num_classes is not None else None
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), autocast(recipe.train.precision, device):
         model_loss(model, clip, recipe, 1.0, labels=labels)
     return int(sum(saved.values()) * scale * scale)

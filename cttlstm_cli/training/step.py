@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cttlstm_cli.models import build_model
-from cttlstm_cli.models.network import teacher_mask
+from cttlstm_cli.models import create_model, teacher_mask
 from cttlstm_cli.recipe import Recipe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,8 +21,8 @@ def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
 
 
 def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
-    """The recipe's network on ``device``, in the memory format training uses (``train.channels_last``)."""
-    net = build_model(recipe.model, recipe.data.channels).to(device)
+    """The recipe's model on ``device``, in the memory format training uses (``train.channels_last``)."""
+    net = create_model(recipe.model, recipe.data.channels).to(device)
     if recipe.train.use_channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from cttlstm_cli.atomic import write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint, stored_recipe
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.schedule import PlateauSchedule
@@ -242,6 +242,10 @@ class Trainer:
             if not run.recipe.is_file():
                 raise CttlstmError(f"--resume: {run.root} holds no run (no recipe.yaml)")
             stored = yaml.safe_load(run.recipe.read_text()) or {}
+            try:  # in today's keys, so that a run begun before a key was renamed still resumes
+                stored = stored_recipe(stored, str(run.recipe)).to_dict()
+            except CttlstmError:
+                pass  # an unreadable stored recipe differs from any valid one; the diff names where
             diff = recipe_difference(stored, current)
             if diff:
                 raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 CpuConv = Literal["auto", "onednn"]
@@ -128,3 +128,10 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int =
     if wide and 0 <= padding <= k - 1 and _nnpack_eligible(x, weight):
         return _NnpackConv2d.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)
+
+
+def apply_conv(module: nn.Module, x: Tensor) -> Tensor:
+    """Apply a padded stride-1 ``nn.Conv2d`` through :func:`conv2d` (any other module as it is)."""
+    if isinstance(module, nn.Conv2d):
+        return conv2d(x, module.weight, module.bias, module.padding[0])
+    return module(x)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cttlstm_cli.models.conv import conv2d
+from cttlstm_cli.models.layers.conv import conv2d
 
 TTPadding = Literal["composed", "stepwise"]
 CTTForm = Literal["sequential", "parallel"]
@@ -66,22 +66,22 @@ class ConvTensorTrain(nn.Module):
         self,
         hidden_channels: int,
         order: int,
-        steps: int,
+        history: int,
         rank: int,
         kernel_size: int,
         tt_padding: TTPadding = "composed",
         form: CTTForm = "sequential",
     ) -> None:
         super().__init__()
-        if steps < order:
-            raise ValueError(f"steps ({steps}) must be >= order ({order})")
+        if history < order:
+            raise ValueError(f"history ({history}) must be >= order ({order})")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel size must be odd, got {kernel_size}")
         self.order = order
-        self.steps = steps
+        self.history = history
         self.rank = rank
         self.kernel_size = kernel_size
-        self.window = steps - order + 1
+        self.window = history - order + 1
         self.tt_padding: TTPadding = tt_padding
         pad = kernel_size // 2
         self.preprocess = nn.ModuleList(
@@ -106,8 +106,8 @@ class ConvTensorTrain(nn.Module):
 
     def preprocessed(self, history: Sequence[Tensor]) -> list[Tensor]:
         """``U_i = P_i * [window_i]`` for the N windows of ``history`` (M states, oldest first)."""
-        if len(history) != self.steps:
-            raise ValueError(f"expected {self.steps} past states, got {len(history)}")
+        if len(history) != self.history:
+            raise ValueError(f"expected {self.history} past states, got {len(history)}")
         k = self.window
         return [conv(torch.cat(list(history[i : i + k]), dim=1)) for i, conv in enumerate(self.preprocess)]
 

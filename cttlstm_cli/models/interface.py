@@ -1,0 +1,247 @@
+"""The contract every model family implements, so that train, evaluate, predict and profile
+run any spatio-temporal predictor without knowing which one it is.
+
+A family is a :class:`VideoModel` subclass registered under a name (its ``arch``) with
+:func:`~cttlstm_cli.models.registry.register_model`, and a :class:`ModelConfig` subclass
+beside it that a recipe's ``model`` section validates into.
+
+The forward contract (frames are ``[B, T, C, H, W]`` with values in [0, 1]):
+
+* **prediction** — ``model(frames, future_frames=F)``: all T frames are context; returns the
+  F predicted frames ``[B, F, C, H, W]``, unclamped;
+* **training** — ``model(clips, future_frames=F, context_frames=I, teacher_forcing=p,
+  generator=g)``: ``clips`` holds I context frames and the F ground-truth futures; returns
+  all ``I + F - 1`` one-step outputs (output t predicts frame t + 1), each later input being
+  the ground truth with probability ``p`` (scheduled sampling, :func:`teacher_mask`) and the
+  previous prediction otherwise;
+* ``classify=True`` (families with an activity classifier, ``num_classes`` set) adds the
+  activity logits ``[B, num_classes]``: ``(outputs, logits)``.
+
+:class:`RecurrentVideoModel` implements both forms for any family that advances one frame at
+a time (``init_state`` + ``step``); a family only overrides :meth:`RecurrentVideoModel.prefix`
+when it can run known inputs faster than step by step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+State = Any
+
+
+class ModelConfig(BaseModel):
+    """Base of every family's recipe ``model`` section: strict, with the family's name in ``arch``.
+
+    A family's subclass declares ``arch: Literal["name"] = "name"`` and its own fields.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+    arch: str
+
+    @property
+    def display_name(self) -> str:
+        """The model's name in tables and reports (a family may name its variants)."""
+        return self.arch
+
+    @property
+    def num_classes(self) -> int | None:
+        """Activity classes of the classifier the config asks for, or None (frame prediction only).
+        Training and evaluation read labelled clips when it is set."""
+        return None
+
+
+class VideoModel(nn.Module, ABC):
+    """A spatio-temporal predictor; see the module docstring for the forward contract."""
+
+    #: the family's config class (set by each family)
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig, image_channels: int = 1) -> None:
+        super().__init__()
+        self.config = config
+        self.image_channels = image_channels
+
+    @property
+    def name(self) -> str:
+        """Display name of this model (``Conv-TT-LSTM``, ``PredRNN++``, ...)."""
+        return self.config.display_name
+
+    @property
+    def downsampling(self) -> int:
+        """Frame height and width must be multiples of this (2 per stride-2 encoder layer, patch size ...)."""
+        return 1
+
+    @property
+    def num_classes(self) -> int | None:
+        """Activity classes of the classifier head, or None for a frame predictor only."""
+        return self.config.num_classes
+
+    @abstractmethod
+    def forward(
+        self,
+        frames: Tensor,
+        future_frames: int = 10,
+        context_frames: int | None = None,
+        teacher_forcing: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+        classify: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """See the module docstring."""
+
+    def analytic_macs(self, height: int, width: int) -> int | None:
+        """Exact multiply-accumulates of one-step prediction for one sample, or None when the
+        family has no analytic count (then :meth:`counted_macs` is the figure)."""
+        return None
+
+    def counted_macs(self, height: int, width: int) -> int:
+        """Multiply-accumulates of one-step prediction for one sample, by torch's FLOP counter
+        (2 FLOPs per MAC): one context frame in, one frame out."""
+        frame = torch.zeros(1, 1, self.image_channels, height, width, **like_parameters(self))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self(frame, future_frames=1)
+        return counter.get_total_flops() // 2
+
+    def macs_per_step(self, height: int, width: int) -> int:
+        """The paper's FLOPs figure (multiplications for one-step prediction per sample)."""
+        analytic = self.analytic_macs(height, width)
+        return self.counted_macs(height, width) if analytic is None else analytic
+
+
+def teacher_mask(
+    teacher_forcing: float | Tensor,
+    batch: int,
+    steps: int,
+    frames: Tensor,
+    input_frames: int,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """Scheduled sampling's per-sample, per-step choices ``[batch, steps]`` (True: feed the
+    ground truth), drawn with ``generator``; None when no step takes the ground truth."""
+    if isinstance(teacher_forcing, Tensor):
+        return teacher_forcing.to(device=frames.device, dtype=torch.bool)
+    if teacher_forcing <= 0.0 or steps <= 0:
+        return None
+    if frames.shape[1] < input_frames + steps:
+        raise ValueError("teacher forcing needs the ground-truth future frames in `frames`")
+    if teacher_forcing >= 1.0:
+        return torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
+    draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else frames.device)
+    return (draws < teacher_forcing).to(frames.device)
+
+
+class RecurrentVideoModel(VideoModel):
+    """A model that advances one frame at a time; implements the whole forward contract.
+
+    Subclasses give :meth:`init_state` and :meth:`step` (and :meth:`classify` when they have
+    a classifier); :meth:`prefix` may run known inputs faster than :meth:`step` one by one.
+    """
+
+    @abstractmethod
+    def init_state(
+        self, batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> State:
+        """The state before the first frame, for frames of ``height`` x ``width``."""
+
+    @abstractmethod
+    def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
+        """Advance by one frame ``[B, C, H, W]``: the next-frame prediction and the new state."""
+
+    def prefix(self, frames: Tensor, state: State) -> tuple[Tensor, State]:
+        """Run :meth:`step` over known inputs ``frames [B, P, C, H, W]``; outputs ``[B, P, C, H, W]``."""
+        outputs = []
+        for t in range(frames.shape[1]):
+            y, state = self.step(frames[:, t], state)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1), state
+
+    def classify(self, state: State) -> Tensor:
+        """Activity logits from the final state."""
+        raise ValueError(f"{self.name} has no activity classifier")
+
+    def rollout(
+        self,
+        frames: Tensor,
+        input_frames: int,
+        future_frames: int,
+        teacher_forcing: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, State]:
+        """Run ``input_frames + future_frames - 1`` steps; output t predicts frame t+1.
+
+        ``frames [B, T, C, H, W]`` holds at least the ``input_frames`` context frames;
+        where it also holds ground-truth futures, each later input is, per sample and
+        per step, the ground truth with probability ``teacher_forcing`` and the
+        previous prediction otherwise (scheduled sampling). A ``[B, F-1]`` boolean
+        tensor may be passed instead of a probability to fix the choices.
+        Returns the outputs ``[B, I+F-1, C, H, W]`` and the final state.
+        """
+        batch, _, _, height, width = frames.shape
+        steps = input_frames + future_frames - 1
+        use_truth = teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
+        state = self.init_state(batch, height, width, frames.device, frames.dtype)
+        outputs: list[Tensor] = []
+        # Inputs are known in advance for the context and, under full teacher forcing,
+        # for every step: that prefix goes through prefix(). A float of 1.0 says so
+        # without reading the mask (a data-dependent branch would break a compiled graph).
+        all_truth = isinstance(teacher_forcing, float | int) and teacher_forcing >= 1.0
+        if use_truth is not None and not all_truth:
+            all_truth = bool(use_truth.all())
+        known = steps if use_truth is not None and all_truth else input_frames
+        start = 0
+        if known > 1:
+            prefix, state = self.prefix(frames[:, :known], state)
+            outputs.extend(prefix.unbind(1))
+            start = known
+        for t in range(start, steps):
+            if t < input_frames:
+                x = frames[:, t]
+            else:
+                prev = outputs[-1]
+                x = prev if use_truth is None else torch.where(use_truth[:, t - input_frames, None, None, None], frames[:, t], prev)
+            y, state = self.step(x, state)
+            outputs.append(y)
+        return torch.stack(outputs, dim=1), state
+
+    def forward(
+        self,
+        frames: Tensor,
+        future_frames: int = 10,
+        context_frames: int | None = None,
+        teacher_forcing: float | Tensor = 0.0,
+        generator: torch.Generator | None = None,
+        classify: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The forward contract (module docstring) by :meth:`rollout`.
+
+        Training goes through ``forward`` (not ``rollout``) so that DDP's gradient hooks stay in play.
+        """
+        full = context_frames is not None
+        context = context_frames if full else frames.shape[1]
+        outputs, state = self.rollout(frames, context, future_frames, teacher_forcing if full else 0.0, generator)
+        if not full:
+            outputs = outputs[:, context - 1 :]
+        if classify:
+            return outputs, self.classify(state)
+        return outputs
+
+
+def like_parameters(model: nn.Module) -> dict[str, Any]:
+    """``device`` and floating ``dtype`` of ``model``'s parameters, as keyword arguments for a new tensor."""
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+
+
+def unwrap(model: nn.Module) -> VideoModel:
+    """The model inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model  # type: ignore[return-value]
+        model = inner
