@@ -292,3 +292,25 @@ def test_compile_option_trains_like_eager(tmp_path: Path, monkeypatch: pytest.Mo
     assert smoke(train__compile="true").train.compile is True
     with pytest.raises(CttlstmError, match=r"train.compile: .*must be true, false, default, reduce-overhead or max-autotune \(got 'fastest'\)"):
         smoke(train__compile="fastest")
+
+
+def test_ctrl_c_stops_after_the_step_it_lands_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT in the middle of step 3 lets that step finish, then saves and stops; a second one is not needed."""
+    import signal
+
+    from cttlstm_cli.training import trainer as trainer_module
+
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the step is running
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_signal)
+    recipe = smoke(train__epochs=5, train__checkpoint_every=100)
+    result = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data(), log=lambda _m: None).fit()
+    assert result.interrupted and result.steps == 3 and len(calls) == 3
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

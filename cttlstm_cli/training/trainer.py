@@ -9,11 +9,14 @@ end and on Ctrl-C; ``resume=True`` continues exactly where ``last.pt`` left off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -392,13 +395,15 @@ class Trainer:
         interrupted = False
         bar = self.progress_factory(self) if (self.progress_factory and self.dist.is_main) else None
         try:
-            while self.epoch < cfg.epochs:
-                if max_steps is not None and self.step >= max_steps:
-                    break
-                self._train_epoch(steps_per_epoch, bar, max_steps)
-                if max_steps is not None and self.position < steps_per_epoch:
-                    break
-                self._end_epoch()
+            with self._stop_at_step_boundary():
+                while self.epoch < cfg.epochs:
+                    if max_steps is not None and self.step >= max_steps:
+                        break
+                    self._train_epoch(steps_per_epoch, bar, max_steps)
+                    if max_steps is not None and self.position < steps_per_epoch:
+                        break
+                    self._end_epoch()
+                    self._raise_if_stopping()
         except KeyboardInterrupt:
             interrupted = True
             self.save()
@@ -420,6 +425,33 @@ class Trainer:
             resumed_from=self.resumed_from,
             notes=self.notes,
         )
+
+    _stop_requested = False
+
+    @contextlib.contextmanager
+    def _stop_at_step_boundary(self) -> Iterator[None]:
+        """Turn the first Ctrl-C (SIGINT) into a stop after the current optimizer step, so the saved
+        checkpoint is a whole step; a second Ctrl-C interrupts at once. A KeyboardInterrupt raised
+        wherever the signal lands could be swallowed (inside a weakref callback, say) or cut an
+        optimizer update in half."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _raise_if_stopping(self) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
 
     def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
         cfg = self.recipe.train
@@ -461,6 +493,7 @@ class Trainer:
                 loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
             elif bar is not None:
                 bar.update(self, None)
+            self._raise_if_stopping()
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
             if max_steps is not None and self.step >= max_steps:
