@@ -5,11 +5,14 @@
 - :mod:`~cttlstm_cli.models.registry`: ``register_model`` / ``create_model`` and the
   ``cttlstm.models`` entry points of third-party families;
 - :mod:`~cttlstm_cli.models.layers`: reusable blocks (CTT module, TT convolution, LSTM update);
-- one folder per family: :mod:`~cttlstm_cli.models.convrnn` (Conv-TT-LSTM, ConvLSTM, classic TTD);
+- one folder per family, each registering itself when imported (every sub-package but ``layers``):
+  :mod:`~cttlstm_cli.models.convrnn` (Conv-TT-LSTM, ConvLSTM, classic TTD), ...;
 - :mod:`~cttlstm_cli.models.checkpoint`: checkpoint I/O for every family.
 """
 
-from cttlstm_cli.models import convrnn  # noqa: F401 - registers the built-in family
+import importlib
+import pkgutil
+
 from cttlstm_cli.models.interface import ModelConfig, RecurrentVideoModel, VideoModel, teacher_mask, unwrap
 from cttlstm_cli.models.registry import (
     DEFAULT_ARCH,
@@ -19,6 +22,14 @@ from cttlstm_cli.models.registry import (
     register_importer,
     register_model,
 )
+
+#: sub-packages of this one that are not model families
+_NOT_FAMILIES = {"layers"}
+
+# Every other sub-package is a built-in family, and importing it registers it.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.ispkg and _info.name not in _NOT_FAMILIES:
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "DEFAULT_ARCH",
