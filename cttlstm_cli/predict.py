@@ -87,6 +87,8 @@ def predict_frames(
     device: torch.device | str = "cpu",
 ) -> Prediction:
     """Predict ``steps`` frames after a context taken from uint8 ``frames [T, H, W, C]``."""
+    if not model.predicts_frames:
+        raise CttlstmError(f"{model.name} classifies activities and predicts no frames; predict needs a frame-prediction model")
     start, has_truth = choose_window(int(frames.shape[0]), context, steps, start)
     ctx = frames[start : start + context]
     x = torch.from_numpy(np.array(ctx, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)

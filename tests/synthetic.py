@@ -47,3 +47,24 @@ def labelled_dataset(root: Path, videos: int = 6, frames: int = 16, size: int = 
                               "splits": splits, "label_names": ["push", "pull", "drop"],
                               "groups": {"moving": [0, 1], "falling": [2]}})
     return root
+
+
+def brightness_labelled_dataset(root: Path, videos: int = 12, frames: int = 12, size: int = 16) -> Path:
+    """A tiny prepared ssv2-style dataset a classifier can learn: class 0 dark, 1 mid-grey, 2 bright
+    noise videos (labels in turn), three groups of one class each."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    splits = {}
+    for split in ("train", "val", "test"):
+        writer = fmt.ShardWriter(root / fmt.shard_name(split, 0))
+        for v in range(videos):
+            level = 40 + 80 * (v % 3)
+            video = np.clip(rng.normal(level, 25, (frames, size, size, 1)), 0, 255).astype(np.uint8)
+            writer.add(video, f"{split}{v}", f"{split}{v}.webm", label=v % 3)
+        entry = writer.close()
+        splits[split] = {"videos": videos, "frames": videos * frames, "shards": [entry["file"]],
+                         "sources": entry["sources"], "labels": entry["labels"]}
+    fmt.write_manifest(root, {"format_version": 1, "dataset": "ssv2", "frame_size": [size, size], "channels": 1,
+                              "splits": splits, "label_names": ["dark", "grey", "bright"],
+                              "groups": {"dark": [0], "grey": [1], "bright": [2]}})
+    return root

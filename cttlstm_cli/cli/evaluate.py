@@ -210,5 +210,4 @@ def evaluate(
     acc = _accuracy_table(reports)
     if acc is not None:
         console.print(acc)
-    for folder in written:
-        console.print(f"wrote {folder / 'report.json'} and {folder / 'per_frame.png'}")
+    console.print("wrote " + ", ".join(str(path) for path in written), highlight=False)

@@ -213,7 +213,8 @@ def predict_and_score(
             predicted_all.append(logits.argmax(dim=1).cpu())
         else:
             pred = model(clips[:, :context], future_frames=future)
-        accumulator.update(pred.float(), clips[:, context : context + future])
+        if pred is not None:  # None: a classifier that predicts no frames
+            accumulator.update(pred.float(), clips[:, context : context + future])
         done += clips.shape[0]
         if progress:
             progress(description, done, total)
@@ -295,8 +296,11 @@ def evaluate_model(
         if found is not None:
             manifest = dataset.base.manifest  # type: ignore[attr-defined]
             accuracy = activity_accuracy(*found, manifest.get("groups"), manifest.get("label_names"))
-        rep = acc.report()
-        horizons.append(HorizonResult(f, rep.num_samples, rep.headline, rep.curves))
+        if model.predicts_frames:
+            rep = acc.report()
+            horizons.append(HorizonResult(f, rep.num_samples, rep.headline, rep.curves))
+        else:
+            horizons.append(HorizonResult(f, int(accuracy["num_samples"]) if accuracy else 0, {}, {}))
     return EvaluationReport(
         checkpoint=checkpoint,
         model=model.name,
@@ -409,7 +413,7 @@ def shared_lpips(metrics: Sequence[str] | None, weights: str | Path | None, devi
 def write_reports(
     reports: Sequence[dict[str, Any]], sources: Sequence[str | Path], split: str, out: str | Path | None = None
 ) -> list[Path]:
-    """Write ``report.json`` and ``per_frame.png`` for evaluated checkpoints; returns the folders.
+    """Write ``report.json`` and ``per_frame.png`` for evaluated checkpoints; returns the files written.
 
     One report goes to ``out`` (default :func:`default_output_dir`). Several go together to
     ``out`` as ``{"convention", "checkpoints": [...]}`` with one plot of all, or without ``out``
@@ -417,19 +421,20 @@ def write_reports(
     """
     from cttlstm_cli.evaluation.plots import plot_per_frame
 
-    def write(folder: Path, payload: dict[str, Any], shown: Sequence[dict[str, Any]]) -> Path:
-        write_json_atomic(folder / "report.json", payload)
-        plot_per_frame(list(shown), folder / "per_frame.png", [report_label(r["checkpoint"]) for r in shown])
-        return folder
+    def write(folder: Path, payload: dict[str, Any], shown: Sequence[dict[str, Any]]) -> list[Path]:
+        written = [write_json_atomic(folder / "report.json", payload)]
+        if any(h["per_frame"] for r in shown for h in r["horizons"]):  # classifiers alone have no curves
+            written.append(plot_per_frame(list(shown), folder / "per_frame.png", [report_label(r["checkpoint"]) for r in shown]))
+        return written
 
     def own_folder(source: str | Path, rep: dict[str, Any]) -> Path:
         return default_output_dir(source, split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
 
     if len(reports) == 1:
-        return [write(Path(out) if out is not None else own_folder(sources[0], reports[0]), reports[0], reports)]
+        return write(Path(out) if out is not None else own_folder(sources[0], reports[0]), reports[0], reports)
     if out is not None:
-        return [write(Path(out), combined_report(reports), reports)]
-    return [write(own_folder(src, rep), rep, [rep]) for src, rep in zip(sources, reports)]
+        return write(Path(out), combined_report(reports), reports)
+    return [path for src, rep in zip(sources, reports) for path in write(own_folder(src, rep), rep, [rep])]
 
 
 def combined_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -17,6 +17,11 @@ The forward contract (frames are ``[B, T, C, H, W]`` with values in [0, 1]):
 * ``classify=True`` (families with an activity classifier, ``num_classes`` set) adds the
   activity logits ``[B, num_classes]``: ``(outputs, logits)``.
 
+A family may also be a classifier only (``predicts_frames`` False, such as the 3D-CNN of the
+paper's Tables 1 and 3): it is called with ``classify=True`` only and returns ``(None, logits)``;
+training then minimises the cross-entropy alone, evaluation reports accuracy alone, and
+``predict`` refuses it.
+
 :class:`RecurrentVideoModel` implements both forms for any family that advances one frame at
 a time (``init_state`` + ``step``); a family only overrides :meth:`RecurrentVideoModel.prefix`
 when it can run known inputs faster than step by step.
@@ -83,6 +88,11 @@ class VideoModel(nn.Module, ABC):
         """Activity classes of the classifier head, or None for a frame predictor only."""
         return self.config.num_classes
 
+    @property
+    def predicts_frames(self) -> bool:
+        """Whether the model predicts frames (False: an activity classifier only)."""
+        return True
+
     @abstractmethod
     def forward(
         self,
@@ -102,10 +112,10 @@ class VideoModel(nn.Module, ABC):
 
     def counted_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates of one-step prediction for one sample, by torch's FLOP counter
-        (2 FLOPs per MAC): one context frame in, one frame out."""
+        (2 FLOPs per MAC): one context frame in, one frame out (a classifier: one frame classified)."""
         frame = torch.zeros(1, 1, self.image_channels, height, width, **like_parameters(self))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            self(frame, future_frames=1)
+            self(frame, future_frames=1, classify=not self.predicts_frames)
         return counter.get_total_flops() // 2
 
     def macs_per_step(self, height: int, width: int) -> int:

@@ -122,24 +122,24 @@ def check_contract(model: VideoModel) -> None:
     arch = model.config.arch
     frames = torch.zeros(1, probe.context + probe.future, model.image_channels, probe.size, probe.size, **like_parameters(model))
     c, s = model.image_channels, probe.size
-    expected = {
-        "prediction": (1, probe.future, c, s, s),
-        "training": (1, probe.context + probe.future - 1, c, s, s),
-    }
+    expected: dict[str, tuple[int, ...]] = {}
+    got: dict[str, Any] = {}
+    if not model.predicts_frames and model.num_classes is None:
+        raise CttlstmError(f"model family {arch!r} broke the model contract: it predicts no frames and has no classifier")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            got = {
-                "prediction": model(frames[:, : probe.context], future_frames=probe.future),
-                "training": model(frames, future_frames=probe.future, context_frames=probe.context, teacher_forcing=1.0),
-            }
+            if model.predicts_frames:
+                expected["prediction"] = (1, probe.future, c, s, s)
+                expected["training"] = (1, probe.context + probe.future - 1, c, s, s)
+                got["prediction"] = model(frames[:, : probe.context], future_frames=probe.future)
+                got["training"] = model(frames, future_frames=probe.future, context_frames=probe.context, teacher_forcing=1.0)
             if model.num_classes is not None:
-                outputs, logits = model(frames[:, : probe.context], future_frames=probe.future, classify=True)
-                got["classify"] = outputs
-                expected["classify"] = expected["prediction"]
-                got["logits"] = logits
+                outputs, got["logits"] = model(frames[:, : probe.context], future_frames=probe.future, classify=True)
                 expected["logits"] = (1, model.num_classes)
+                if model.predicts_frames:
+                    got["classify"], expected["classify"] = outputs, expected["prediction"]
     except CttlstmError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of a family's forward is reported as its own

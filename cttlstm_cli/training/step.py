@@ -53,14 +53,18 @@ def model_loss(
     labels: Tensor | None = None,
 ) -> Tensor:
     """The training objective on one batch (call under autocast): prediction loss, plus
-    cross-entropy weighted as ``lambda * L_prediction + CE`` when ``labels`` are given."""
+    cross-entropy weighted as ``lambda * L_prediction + CE`` when ``labels`` are given
+    (the cross-entropy alone for a model that predicts no frames)."""
     data = recipe.data
     if labels is None:
         outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
         return prediction_loss(outputs.float(), clips[:, 1:].float())
     outputs, logits = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator, classify=True)
+    cross_entropy = F.cross_entropy(logits.float(), labels)
+    if outputs is None:  # a classifier only
+        return cross_entropy
     prediction = prediction_loss(outputs.float(), clips[:, 1:].float())
-    return recipe.train.prediction_weight * prediction + F.cross_entropy(logits.float(), labels)
+    return recipe.train.prediction_weight * prediction + cross_entropy
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from cttlstm_cli.models.convrnn.cells import CellState, ConvLSTMCell, ConvTTLSTM
 from cttlstm_cli.models.convrnn.config import ConvRNNConfig, skip_source
 from cttlstm_cli.models.convrnn.flops import analytic_macs
 from cttlstm_cli.models.interface import RecurrentVideoModel
+from cttlstm_cli.models.layers.heads import activity_classifier
 from cttlstm_cli.models.registry import register_model
 
 NetworkState = tuple[CellState, ...]
@@ -90,15 +91,7 @@ class ConvRNN(RecurrentVideoModel):
         self.head = nn.Conv2d(dec[-1] if dec else head_in, image_channels, 1)
         self.classifier: nn.Module | None = None
         if cfg.classes is not None:
-            self.classifier = nn.Sequential(
-                nn.Conv2d(widths[-1], 64, 3, stride=2, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(64, 128, 3, stride=2, padding=1),
-                nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(),
-                nn.Linear(128, cfg.classes),
-            )
+            self.classifier = activity_classifier(widths[-1], cfg.classes)
 
     @property
     def downsampling(self) -> int:
