@@ -1,23 +1,25 @@
-"""Training-step and inference throughput: the fast path against the plain reference.
+"""Training-step and inference throughput of any model family: the fast path against its reference.
 
-The reference is the literal per-step algorithm (``ReferenceConvRNN``: one conv
-over the channel concatenation per gate, every preprocessing conv recomputed each
-step), in eager fp32 with PyTorch's default convolutions. Every variant is built in
-the same process, warmed up, then timed round-robin (one call of each per round) so
-that a shared machine's drift hits all alike. Reported: the median seconds per step, and
-the median over rounds of each round's ratio to the reference.
+A family with a literal per-step reference implementation (``cttlstm_cli/models/<family>/reference.py``,
+``reference_model(network)``) is timed against it, in eager fp32 with PyTorch's default
+convolutions; the others against their own fast fp32 path. Every variant is built in the same
+process, warmed up, then timed round-robin (one call of each per round) so that a shared machine's
+drift hits all alike. Reported: the median seconds per step, and the median over rounds of each
+round's ratio to the first variant.
 
-    python benchmarks/bench_step.py                       # the CPU goal: 32x32, batch 2
+    python benchmarks/bench_step.py                       # the CPU goal: Conv-TT-LSTM, 32x32, batch 2
+    python benchmarks/bench_step.py --recipe mmnist mmnist-convlstm mmnist-predrnnpp mmnist-e3dlstm ssv2-3dcnn
     python benchmarks/bench_step.py --device cuda --size 128 --batch 16 --recipe kth --compile
     python benchmarks/bench_step.py --json out.json
 
-Speed goals live here, not in the tests (which check that every fast path equals the
-reference).
+Inference is 10 -> F prediction clips/s (classifiers: clips classified per second). Speed goals
+live here, not in the tests (which check that every fast path equals its reference).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -32,11 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cttlstm_cli.devices import retain_freed_memory  # noqa: E402
-from cttlstm_cli.models import create_model  # noqa: E402
-from cttlstm_cli.models.convrnn.reference import ReferenceConvRNN  # noqa: E402
+from cttlstm_cli.models import VideoModel, create_model  # noqa: E402
 from cttlstm_cli.models.layers.conv import CpuConv, set_cpu_conv  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
-from cttlstm_cli.training.step import make_optimizer, train_step  # noqa: E402
+from cttlstm_cli.training.step import make_optimizer, to_channels_last, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -63,31 +64,26 @@ def interleaved(fns: dict[str, Callable[[], None]], device: torch.device, warmup
     return times
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="mmnist", help="bundled recipe name or path (model + frame counts)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=32, help="frame height and width")
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--teacher-forcing", type=float, default=1.0, help="ground-truth ratio of the timed steps")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5, help="timed rounds; every round runs each variant once")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
-    ap.add_argument("--inference-future", type=int, default=30, help="10 -> F inference throughput")
-    ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--no-retain-memory", action="store_true", help="leave glibc's default of unmapping freed blocks")
-    args = ap.parse_args()
-    retained = False if args.no_retain_memory else retain_freed_memory()
+def reference_for(model: VideoModel) -> Callable[[VideoModel], VideoModel] | None:
+    """The family's ``reference_model`` (its literal per-step implementation), or None."""
+    family = type(model).__module__.rsplit(".", 1)[0]
+    try:
+        module = importlib.import_module(f"{family}.reference")
+    except ModuleNotFoundError:
+        return None
+    return getattr(module, "reference_model", None)
 
-    recipes = Path(__file__).resolve().parents[1] / "recipes"
-    path = Path(args.recipe) if Path(args.recipe).is_file() else recipes / f"{args.recipe}.yaml"
-    device = torch.device(args.device)
+
+def bench_recipe(path: Path, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Time every variant of one recipe's model; returns one row per variant."""
     torch.manual_seed(0)
+    probe = load_recipe(path)
+    has_reference = reference_for(create_model(probe.model, probe.data.channels, check=False)) is not None
     # name, reference, precision, compile, channels_last, cpu conv
-    variants: list[tuple[str, bool, str, bool, bool, CpuConv]] = [
-        ("reference fp32", True, "fp32", False, False, "onednn"),
-        ("fast fp32", False, "fp32", False, False, "auto"),
-    ]
+    variants: list[tuple[str, bool, str, bool, bool, CpuConv]] = []
+    if has_reference:
+        variants += [("reference fp32", True, "fp32", False, False, "onednn")]
+    variants += [("fast fp32", False, "fp32", False, False, "auto")]
     if device.type == "cpu":
         variants += [("fast fp32, oneDNN convs only", False, "fp32", False, False, "onednn")]
     # bf16 runs channels-last by default (train.channels_last); NCHW shows what that buys.
@@ -105,59 +101,92 @@ def main() -> None:
         torch.manual_seed(0)
         net = create_model(recipe.model, recipe.data.channels).to(device)
         if reference:
-            net = ReferenceConvRNN(net)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(memory_format=memory_format)
+            net = reference_for(net)(net)  # type: ignore[misc]
+        if channels_last:
+            net = to_channels_last(net)
         model = torch.compile(net) if compiled else net
         clips = torch.rand(args.batch, recipe.data.clip_frames, recipe.data.channels, args.size, args.size, device=device)
+        classes = net.num_classes
+        labels = None if classes is None else torch.arange(args.batch, device=device) % classes
         optimizer = make_optimizer(net, recipe, device)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-        def train(model=model, optimizer=optimizer, clips=clips, recipe=recipe, scaler=scaler, cpu_conv=cpu_conv) -> None:
+        def train(model=model, optimizer=optimizer, clips=clips, recipe=recipe, scaler=scaler, cpu_conv=cpu_conv, labels=labels) -> None:
             set_cpu_conv(cpu_conv)
-            train_step(model, optimizer, clips, recipe, args.teacher_forcing, scaler, torch.Generator().manual_seed(0))
+            train_step(model, optimizer, clips, recipe, args.teacher_forcing, scaler, torch.Generator().manual_seed(0), labels)
 
-        def infer(model=model, context=clips[:, : recipe.data.input_frames], bf16=precision == "bf16", cpu_conv=cpu_conv) -> None:
+        def infer(
+            model=model, context=clips[:, : recipe.data.input_frames], bf16=precision == "bf16", cpu_conv=cpu_conv,
+            classify=not net.predicts_frames,
+        ) -> None:  # fmt: skip
             set_cpu_conv(cpu_conv)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                model(context, future_frames=args.inference_future)
+                model(context, future_frames=args.inference_future, classify=classify)
 
         train_fns[name], infer_fns[name] = train, infer
 
     train_times = interleaved(train_fns, device, args.warmup, args.repeats)
     infer_times = interleaved(infer_fns, device, 1, args.repeats)
     set_cpu_conv("auto")
-    reference = train_times[variants[0][0]]
+    baseline = train_times[variants[0][0]]
     results = []
+    print(f"{path.stem}: {probe.model.display_name}, ratios to '{variants[0][0]}'", flush=True)
     for name, *_ in variants:
         train_s = statistics.median(train_times[name])
         infer_s = statistics.median(infer_times[name])
         # Each round times every variant back to back, so the ratio is taken per round (a slow
         # spell of a shared machine hits both sides of it) and the median over rounds reported.
-        ratio = statistics.median(t / r for t, r in zip(train_times[name], reference))
+        ratios = [t / r for t, r in zip(train_times[name], baseline)]
+        ratio = statistics.median(ratios)
         row = {
+            "recipe": path.stem,
+            "model": probe.model.display_name,
             "variant": name,
             "train_step_s": train_s,
             "train_step_s_rounds": train_times[name],
             "train_ratio": ratio,
+            "train_ratio_to": variants[0][0],
             "train_clips_per_s": args.batch / train_s,
             f"infer_10to{args.inference_future}_clips_per_s": args.batch / infer_s,
         }
         results.append(row)
         print(
-            f"{name:30s} train {train_s:8.3f} s/step  ratio {ratio:5.2f} "
-            f"(rounds {min(t / r for t, r in zip(train_times[name], reference)):.2f}-"
-            f"{max(t / r for t, r in zip(train_times[name], reference)):.2f})  "
+            f"  {name:30s} train {train_s:8.3f} s/step  ratio {ratio:5.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})  "
             f"infer 10->{args.inference_future} {args.batch / infer_s:8.2f} clips/s",
             flush=True,
         )
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", nargs="+", default=["mmnist"], help="bundled recipe names or paths (model + frame counts)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=32, help="frame height and width")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--teacher-forcing", type=float, default=1.0, help="ground-truth ratio of the timed steps")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds; every round runs each variant once")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the fast path")
+    ap.add_argument("--inference-future", type=int, default=30, help="10 -> F inference throughput")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--no-retain-memory", action="store_true", help="leave glibc's default of unmapping freed blocks")
+    args = ap.parse_args()
+    retained = False if args.no_retain_memory else retain_freed_memory()
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    paths = [Path(r) if Path(r).is_file() else recipes / f"{r}.yaml" for r in args.recipe]
+    device = torch.device(args.device)
+    results = []
+    for path in paths:
+        results += bench_recipe(path, args, device)
     meta = {
         "date": date.today().isoformat(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "recipe": path.stem,
+        "recipes": [p.stem for p in paths],
         "size": args.size,
         "batch": args.batch,
         "teacher_forcing": args.teacher_forcing,

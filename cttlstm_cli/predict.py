@@ -120,6 +120,7 @@ def predict_clip(
     model, recipe = load_model_and_recipe(path, device)
     (h, w), channels = frame_format(model, recipe, size)
     context = int(context or (recipe.data.input_frames if recipe is not None else 10))
+    model.check_data(h, w, context)
     try:
         frames = read_video(clip, size=(h, w), channels=channels)
     except VideoError as err:

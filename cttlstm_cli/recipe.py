@@ -184,7 +184,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     where = f"{source}: " if source else ""
     if loc and not msg.startswith(loc.split(".")[0] + "."):
         got = first.get("input")
-        shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or ", got " in msg
+        shown = "" if quiet else f" (got {got!r})"
         return f"{where}{loc}: {msg}{shown}"
     return f"{where}{msg}"
 

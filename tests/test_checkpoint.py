@@ -48,9 +48,10 @@ def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.
 
 @pytest.mark.parametrize("layout", ["conv3d", "conv2d"])
 @pytest.mark.parametrize("prefix", ["", "module."])
-def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str) -> None:
+@pytest.mark.parametrize("ctt_kernel", [None, 1])
+def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str, ctt_kernel: int | None) -> None:
     torch.manual_seed(0)
-    cfg = ConvRNNConfig(cell="convttlstm", ctt_order=3, history=4, tt_padding="stepwise", **SMALL)
+    cfg = ConvRNNConfig(cell="convttlstm", ctt_order=3, history=4, tt_padding="stepwise", ctt_kernel=ctt_kernel, **SMALL)
     model = create_model(cfg)
     path = tmp_path / "convttlstm-mnist.pt"
     torch.save({"epoch": 7, "model_state_dict": authors_state_dict(model, layout, prefix)}, path)
@@ -59,6 +60,7 @@ def test_import_authors_convttlstm(tmp_path: Path, layout: str, prefix: str) -> 
     got = loaded.config
     assert (got.ctt_order, got.history, got.rank, got.kernel, got.blocks, got.channels, got.skip_stride) == (3, 4, 3, 3, [2, 1, 1, 2], [4, 6, 6, 4], 2)
     assert got.tt_padding == "stepwise"  # the authors' border behaviour
+    assert got.ctt_kernel == ctt_kernel  # inferred from the preprocessing convs when it differs from the gates'
     frames = torch.rand(2, 3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(frames, future_frames=2), model(frames, future_frames=2))

@@ -17,6 +17,7 @@ CONFIGS = [
     dict(cell="convttlstm", ctt_order=3, history=3),
     dict(cell="convttlstm", ctt_order=2, history=4, tt_padding="stepwise"),
     dict(cell="convttlstm", ctt_order=3, history=3, ctt_form="parallel"),
+    dict(cell="convttlstm", ctt_order=3, history=3, ctt_kernel=1),  # Table 4's 1x1 CTT ablation
     dict(cell="convlstm"),
     dict(cell="convlstm_ttd"),
     dict(cell="convttlstm", encoder_channels=[4, 6], classes=3),

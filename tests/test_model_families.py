@@ -342,3 +342,14 @@ def test_a_run_begun_with_the_old_keys_resumes(cli, legacy_data: Path, tmp_path:
     # A real difference is still refused.
     result = cli("train", SMOKE, *args, "--max-steps", "4", "--resume", "--set", "model.rank=2")
     assert result.code == 2 and "recipe differs from the run" in result.err and "model.rank" in result.err
+
+
+def test_frames_a_model_cannot_take_are_refused_before_anything_is_written(cli, tmp_path: Path) -> None:
+    args = ["--set", "model.encoder_channels=[4,4]", "--set", "data.frame_size=[30,30]", "--set", f"data.path={tmp_path / 'data'}"]
+    result = cli("train", SMOKE, "--out", tmp_path / "run", *args)
+    assert result.code == 2 and result.err.strip() == (
+        "error: data.frame_size 30x30 does not suit Conv-TT-LSTM: its frames must be multiples of 4, "
+        "set by model.encoder_channels; choose another data.frame_size or model.encoder_channels"
+    )
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+    assert cli("profile", SMOKE, "--no-time", *args).code == 2

@@ -32,6 +32,8 @@ def test_flops_match_paper_within_3_percent(cell: str, size: int) -> None:
         dict(cell="convttlstm", tt_padding="stepwise"),
         dict(cell="convttlstm", ctt_form="parallel"),
         dict(cell="convttlstm", ctt_order=2, history=4, rank=4, kernel=3),
+        dict(cell="convttlstm", ctt_order=3, history=3, ctt_kernel=1),
+        dict(cell="convttlstm", ctt_order=3, history=3, ctt_kernel=3, ctt_form="parallel"),
         dict(cell="convlstm"),
         dict(cell="convlstm_ttd"),
     ],

@@ -96,8 +96,9 @@ def train(
 
             raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
     dev = open_device(device)
-    # A model family that breaks the contract stops here, before any data is prepared or written.
-    create_model(cfg.model, cfg.data.channels)
+    # A model family that breaks the contract, or frames it cannot take, stop here, before any data
+    # is prepared or written.
+    create_model(cfg.model, cfg.data.channels).check_data(*cfg.data.frame_size, cfg.data.input_frames)
     train_set, val_set = open_training_data(cfg, console=console)
     trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=console.print)
     if trainer.dist.is_main:

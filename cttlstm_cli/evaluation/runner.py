@@ -274,6 +274,7 @@ def evaluate_model(
     channels = model.image_channels
     if channels != data_cfg.channels:
         raise CttlstmError(f"the model predicts {channels} channel(s) but the data has {data_cfg.channels}")
+    model.check_data(*data_cfg.frame_size, int(data_cfg.input_frames))
     workers = data_cfg.resolved_workers() if workers is None else workers
     context = int(data_cfg.input_frames)
     model = model.to(device).eval()

@@ -13,7 +13,7 @@
 import importlib
 import pkgutil
 
-from cttlstm_cli.models.interface import ModelConfig, RecurrentVideoModel, VideoModel, teacher_mask, unwrap
+from cttlstm_cli.models.interface import ModelConfig, RecurrentVideoModel, ReferenceModel, VideoModel, teacher_mask, unwrap
 from cttlstm_cli.models.registry import (
     DEFAULT_ARCH,
     create_model,
@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_ARCH",
     "ModelConfig",
     "RecurrentVideoModel",
+    "ReferenceModel",
     "VideoModel",
     "create_model",
     "model_class",

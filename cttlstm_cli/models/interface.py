@@ -30,14 +30,34 @@ when it can run known inputs faster than step by step.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cttlstm_cli.errors import CttlstmError
+
 State = Any
+
+
+def _odd(value: int) -> int:
+    if value % 2 != 1:
+        raise ValueError(f"must be odd for 'same' padding, got {value}")
+    return value
+
+
+def _positive_entries(values: list[int]) -> list[int]:
+    if any(x < 1 for x in values):
+        raise ValueError(f"every entry must be >= 1, got {values}")
+    return values
+
+
+#: a kernel size for 'same' padding, for family configs
+OddInt = Annotated[int, Field(ge=1), AfterValidator(_odd)]
+#: channel widths or layer counts, every entry >= 1
+PositiveInts = Annotated[list[int], AfterValidator(_positive_entries)]
 
 
 class ModelConfig(BaseModel):
@@ -92,6 +112,23 @@ class VideoModel(nn.Module, ABC):
     def predicts_frames(self) -> bool:
         """Whether the model predicts frames (False: an activity classifier only)."""
         return True
+
+    #: the recipe key that sets :attr:`downsampling`, named when a frame size does not suit it
+    downsampling_key: ClassVar[str] = "the model configuration"
+
+    def check_data(self, height: int, width: int, context_frames: int) -> None:
+        """Refuse, in one line naming the recipe key, data this model cannot take: frames of
+        ``height`` x ``width`` and ``context_frames`` context frames. Families extend it."""
+        self.check_frame_size(height, width)
+
+    def check_frame_size(self, height: int, width: int) -> None:
+        """Refuse, in one line, frames this model cannot take (not a multiple of :attr:`downsampling`)."""
+        unit = self.downsampling
+        if height % unit or width % unit:
+            raise CttlstmError(
+                f"data.frame_size {height}x{width} does not suit {self.name}: its frames must be multiples of "
+                f"{unit}, set by {self.downsampling_key}; choose another data.frame_size or {self.downsampling_key}"
+            )
 
     @abstractmethod
     def forward(
@@ -240,6 +277,24 @@ class RecurrentVideoModel(VideoModel):
         if classify:
             return outputs, self.classify(state)
         return outputs
+
+
+class ReferenceModel(RecurrentVideoModel):
+    """Base of the literal per-step reference implementations (each family's ``reference.py``): it
+    runs ``network``'s own parameters (``self.network.*``, shared, not copied) with the same forward
+    contract, so tests and benchmarks can hold the fast path against it."""
+
+    def __init__(self, network: VideoModel) -> None:
+        super().__init__(network.config, network.image_channels)
+        self.network = network
+
+    @property
+    def downsampling(self) -> int:
+        return self.network.downsampling
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.network.num_classes
 
 
 def like_parameters(model: nn.Module) -> dict[str, Any]:

@@ -22,10 +22,25 @@ def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
 
 def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
     """The recipe's model on ``device``, in the memory format training uses (``train.channels_last``)."""
-    net = create_model(recipe.model, recipe.data.channels).to(device)
+    net = create_model(recipe.model, recipe.data.channels)
+    net.check_data(*recipe.data.frame_size, recipe.data.input_frames)
+    net = net.to(device)
     if recipe.train.use_channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = to_channels_last(net)
     return net
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Every 4-D parameter and buffer in channels-last, every 5-D one (3D convs) in channels-last-3d."""
+
+    def convert(t: Tensor) -> Tensor:
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t
+
+    return model._apply(convert)
 
 
 def compile_model(model: nn.Module, recipe: Recipe) -> nn.Module:

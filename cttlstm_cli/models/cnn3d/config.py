@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from cttlstm_cli.models.interface import ModelConfig
+from cttlstm_cli.models.interface import ModelConfig, OddInt, PositiveInts
 
 
 class CNN3DConfig(ModelConfig):
@@ -18,11 +18,11 @@ class CNN3DConfig(ModelConfig):
     """
 
     arch: Literal["cnn3d"] = "cnn3d"
-    encoder_channels: list[int] = Field(default_factory=lambda: [32, 64], description="stride-2 (spatial) 3D conv encoder")
-    blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, description="3D conv layers per block")
-    channels: list[int] = Field(default_factory=lambda: [64, 64, 64, 64], min_length=1, description="channels per block")
-    kernel: int = Field(5, ge=1, description="spatial kernel size (odd)")
-    temporal_kernel: int = Field(3, ge=1, description="temporal kernel size (odd)")
+    encoder_channels: PositiveInts = Field(default_factory=lambda: [32, 64], description="stride-2 (spatial) 3D conv encoder")
+    blocks: PositiveInts = Field(default_factory=lambda: [2, 2, 2, 2], min_length=1, description="3D conv layers per block")
+    channels: PositiveInts = Field(default_factory=lambda: [64, 64, 64, 64], min_length=1, description="channels per block")
+    kernel: OddInt = Field(5, description="spatial kernel size (odd)")
+    temporal_kernel: OddInt = Field(3, description="temporal kernel size (odd)")
     classes: int = Field(..., ge=2, description="activity classes")
 
     @property
@@ -32,20 +32,6 @@ class CNN3DConfig(ModelConfig):
     @property
     def num_classes(self) -> int | None:
         return self.classes
-
-    @field_validator("kernel", "temporal_kernel")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 != 1:
-            raise ValueError(f"must be odd for 'same' padding, got {v}")
-        return v
-
-    @field_validator("blocks", "channels", "encoder_channels")
-    @classmethod
-    def _positive_entries(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError(f"every entry must be >= 1, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> CNN3DConfig:

@@ -52,6 +52,8 @@ class CNN3D(VideoModel):
         self.layers = nn.Sequential(*layers)
         self.classifier = activity_classifier(width, config.classes)
 
+    downsampling_key = "model.encoder_channels"
+
     @property
     def downsampling(self) -> int:
         return 2 ** len(self.config.encoder_channels)

@@ -65,6 +65,9 @@ def official_to_model(state: Mapping[str, Tensor]) -> tuple[ConvRNNConfig, int, 
         pre = first["layers_.0.weight"]
         window = pre.shape[-1] if pre.dim() == 5 else pre.shape[1] // widths[0]
         cfg_kwargs: dict[str, Any] = dict(cell="convttlstm", ctt_order=order, history=order + window - 1, rank=rank, tt_padding="stepwise")
+        ctt_kernel = pre.shape[2]  # the preprocessing convs' (and cores') spatial size
+        if ctt_kernel != kernel:
+            cfg_kwargs["ctt_kernel"] = ctt_kernel
         state_dim = rank
     else:
         cfg_kwargs = dict(cell="convlstm")

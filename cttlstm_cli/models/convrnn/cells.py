@@ -107,12 +107,14 @@ class ConvTTLSTMCell(RecurrentCell):
         kernel_size: int,
         tt_padding: TTPadding = "composed",
         form: CTTForm = "sequential",
+        ctt_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.history = history
-        self.tt = ConvTensorTrain(hidden_channels, order, history, rank, kernel_size, tt_padding, form)
+        # The CTT module's own kernel may differ from the gates' (the paper's Table 4 ablation uses 1x1).
+        self.tt = ConvTensorTrain(hidden_channels, order, history, rank, ctt_kernel_size or kernel_size, tt_padding, form)
         pad = kernel_size // 2
         # Together: the gate conv over [x ; T] (x first, as in the authors' layout).
         self.input_conv = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=pad)

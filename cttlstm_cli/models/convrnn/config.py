@@ -5,10 +5,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from cttlstm_cli.errors import RecipeNotice
-from cttlstm_cli.models.interface import ModelConfig
+from cttlstm_cli.models.interface import ModelConfig, OddInt, PositiveInts
 
 CellType = Literal["convttlstm", "convlstm", "convlstm_ttd"]
 CELL_NAMES: dict[str, str] = {
@@ -38,13 +38,16 @@ class ConvRNNConfig(ModelConfig):
     history: int = Field(3, ge=1, description="M, past hidden states fed to the CTT module (M >= N)")
     ttd_order: int = Field(3, ge=2, description="tensor-train cores of the classic-TTD input kernel (convlstm_ttd)")
     rank: int = Field(8, ge=1, description="R, channels of every tensor-train core")
-    kernel: int = Field(5, ge=1, description="k, spatial kernel size (odd)")
-    blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3], min_length=1, description="layers per block")
-    channels: list[int] = Field(default_factory=lambda: [32, 48, 48, 32], min_length=1, description="hidden channels per block")
+    kernel: OddInt = Field(5, description="k, spatial kernel size (odd)")
+    ctt_kernel: OddInt | None = Field(
+        None, description="kernel of the CTT module (preprocessing convs and cores); null: model.kernel (1: the paper's Table 4 ablation)"
+    )
+    blocks: PositiveInts = Field(default_factory=lambda: [3, 3, 3, 3], min_length=1, description="layers per block")
+    channels: PositiveInts = Field(default_factory=lambda: [32, 48, 48, 32], min_length=1, description="hidden channels per block")
     skip_stride: int | None = Field(2, ge=1, description="block p >= s+1 also takes block p-1-s's output; null: no skips")
     tt_padding: Literal["composed", "stepwise"] = "composed"
     ctt_form: Literal["auto", "sequential", "parallel"] = "auto"
-    encoder_channels: list[int] = Field(
+    encoder_channels: PositiveInts = Field(
         default_factory=list, description="stride-2 conv encoder (mirrored by the decoder) around the recurrent stack; [] for none"
     )
     classes: int | None = Field(None, ge=2, description="attach the activity classifier with this many classes")
@@ -56,6 +59,11 @@ class ConvRNNConfig(ModelConfig):
     @property
     def num_classes(self) -> int | None:
         return self.classes
+
+    @property
+    def ctt_kernel_size(self) -> int:
+        """The CTT module's kernel: ``ctt_kernel``, or the gates' ``kernel``."""
+        return self.ctt_kernel or self.kernel
 
     @model_validator(mode="before")
     @classmethod
@@ -69,20 +77,6 @@ class ConvRNNConfig(ModelConfig):
             new = "ttd_order" if raw.get("cell") == "convlstm_ttd" else "ctt_order"
             _rename(raw, "order", new, "the classic-TTD kernel's cores" if new == "ttd_order" else "N, the CTT order")
         return raw
-
-    @field_validator("kernel")
-    @classmethod
-    def _odd_kernel(cls, v: int) -> int:
-        if v % 2 != 1:
-            raise ValueError(f"must be odd for 'same' padding, got {v}")
-        return v
-
-    @field_validator("blocks", "channels", "encoder_channels")
-    @classmethod
-    def _positive_entries(cls, v: list[int]) -> list[int]:
-        if any(x < 1 for x in v):
-            raise ValueError(f"every entry must be >= 1, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> ConvRNNConfig:

@@ -46,7 +46,7 @@ def analytic_macs(cfg: ConvRNNConfig, image_channels: int, height: int, width: i
             else:
                 window = cfg.history - cfg.ctt_order + 1
                 r, n = cfg.rank, cfg.ctt_order
-                total += n * area * r * window * hidden * k2  # preprocessing
+                total += n * area * r * window * hidden * cfg.ctt_kernel_size**2  # preprocessing
                 total += area * 4 * hidden * (c_in + r) * k2  # gates
                 total += _ctt_core_macs(cfg, height, width)
     src = skip_source(len(widths), cfg.skip_stride)
@@ -59,7 +59,7 @@ def analytic_macs(cfg: ConvRNNConfig, image_channels: int, height: int, width: i
 
 
 def _ctt_core_macs(cfg: ConvRNNConfig, height: int, width: int) -> int:
-    r, n, k = cfg.rank, cfg.ctt_order, cfg.kernel
+    r, n, k = cfg.rank, cfg.ctt_order, cfg.ctt_kernel_size
     pad = k // 2
     if n == 1:
         return 0

@@ -39,7 +39,9 @@ def make_cell(cfg: ConvRNNConfig, in_channels: int, hidden_channels: int) -> Rec
     if cfg.cell == "convlstm_ttd":
         return TTDConvLSTMCell(in_channels, hidden_channels, cfg.kernel, cfg.rank, cfg.ttd_order)
     form = "parallel" if cfg.ctt_form == "parallel" else "sequential"
-    return ConvTTLSTMCell(in_channels, hidden_channels, cfg.ctt_order, cfg.history, cfg.rank, cfg.kernel, cfg.tt_padding, form)
+    return ConvTTLSTMCell(
+        in_channels, hidden_channels, cfg.ctt_order, cfg.history, cfg.rank, cfg.kernel, cfg.tt_padding, form, cfg.ctt_kernel
+    )
 
 
 @register_model("convrnn")
@@ -92,6 +94,8 @@ class ConvRNN(RecurrentVideoModel):
         self.classifier: nn.Module | None = None
         if cfg.classes is not None:
             self.classifier = activity_classifier(widths[-1], cfg.classes)
+
+    downsampling_key = "model.encoder_channels"
 
     @property
     def downsampling(self) -> int:

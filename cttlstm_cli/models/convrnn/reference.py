@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cttlstm_cli.models.convrnn.cells import CellState, ConvLSTMCell, ConvTTLSTMCell, RecurrentCell, TTDConvLSTMCell
 from cttlstm_cli.models.convrnn.model import ConvRNN, NetworkState
-from cttlstm_cli.models.interface import RecurrentVideoModel
+from cttlstm_cli.models.interface import ReferenceModel
 from cttlstm_cli.models.layers import lstm_update
 
 
@@ -54,26 +54,17 @@ def reference_init_state(cell: RecurrentCell, zeros: Tensor) -> CellState:
     return (zeros, zeros)
 
 
-class ReferenceConvRNN(RecurrentVideoModel):
+class ReferenceConvRNN(ReferenceModel):
     """A :class:`ConvRNN` run step by step with the literal algorithms; same forward contract.
 
     The wrapped network's parameters are this module's parameters (``network.*``), so an
     optimizer or a gradient check sees the very tensors the fast path uses.
     """
 
-    config_class = ConvRNN.config_class
+    network: ConvRNN
 
     def __init__(self, network: ConvRNN) -> None:
-        super().__init__(network.config, network.image_channels)
-        self.network = network
-
-    @property
-    def downsampling(self) -> int:
-        return self.network.downsampling
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.network.num_classes
+        super().__init__(network)
 
     def init_state(
         self, batch: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -91,3 +82,8 @@ class ReferenceConvRNN(RecurrentVideoModel):
 
     def classify(self, state: NetworkState) -> Tensor:
         return self.network.classify(state)
+
+
+def reference_model(network: ConvRNN) -> ReferenceConvRNN:
+    """The reference implementation over ``network``'s parameters (for benchmarks and tests)."""
+    return ReferenceConvRNN(network)

@@ -1,0 +1,265 @@
+"""What every registered model family must do, checked on each family's smoke recipe: teacher forcing
+and scheduled sampling, causality, bf16 autocast, exact resume (in-process and after SIGKILL), and DDP.
+
+The families come from the registry, not from a list: a new family without a smoke recipe
+(``recipes/smoke-<arch>.yaml``; the conv-RNN family's is ``recipes/smoke.yaml``) fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import Dataset
+
+from cttlstm_cli.models import create_model, model_names
+from cttlstm_cli.models.checkpoint import read_checkpoint
+from cttlstm_cli.models.registry import model_class
+from cttlstm_cli.recipe import Recipe, load_recipe
+from cttlstm_cli.training.step import train_step
+from cttlstm_cli.training.trainer import Trainer
+
+from conftest import RECIPES, REPO
+from synthetic import BouncingSquares, brightness_labelled_dataset
+
+SIZE, CONTEXT, FUTURE = 16, 4, 4
+#: the built-in families (plugins installed in this environment are tested by their own packages)
+FAMILIES = [name for name in model_names() if model_class(name).__module__.startswith("cttlstm_cli.")]
+
+
+def smoke_recipe_path(arch: str) -> Path:
+    return RECIPES / ("smoke.yaml" if arch == "convrnn" else f"smoke-{arch}.yaml")
+
+
+def smoke(arch: str, *overrides: str) -> Recipe:
+    """The family's smoke recipe at 16x16, 4 -> 4, batches of 4 (two epochs of 8 steps over :func:`data_for`)."""
+    sets = [f"data.frame_size=[{SIZE},{SIZE}]", f"data.input_frames={CONTEXT}", f"data.future_frames={FUTURE}",
+            "train.batch_size=4", "train.micro_batch=4", "train.epochs=2", "train.epoch_clips=16", "train.val_clips=8",
+            "train.checkpoint_every=2", "train.log_every=2", "data.workers=0", *overrides]  # fmt: skip
+    return load_recipe(smoke_recipe_path(arch), sets)
+
+
+class Labelled(Dataset):
+    """Clips with labels, for classifier families: the label is the clip's brightness class."""
+
+    def __init__(self, clips: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(clips) % 3
+        self.clips = (0.2 + 0.3 * self.labels[:, None, None, None, None] + 0.1 * torch.rand(clips, CONTEXT + FUTURE, 1, SIZE, SIZE, generator=g))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.clips[index], self.labels[index]
+
+
+def data_for(recipe: Recipe) -> tuple[Dataset, Dataset]:
+    if recipe.model.num_classes is not None:
+        return Labelled(32, 0), Labelled(8, 1)
+    return BouncingSquares(32, CONTEXT + FUTURE, SIZE, seed=0), BouncingSquares(8, CONTEXT + FUTURE, SIZE, seed=1)
+
+
+#: the families whose smoke model predicts frames (the others are classifiers only)
+PREDICTORS = [arch for arch in FAMILIES if create_model(load_recipe(smoke_recipe_path(arch)).model, check=False).predicts_frames]
+
+
+def test_every_builtin_family_has_a_smoke_recipe() -> None:
+    assert {"convrnn", "cnn3d"} <= set(FAMILIES) and "convrnn" in PREDICTORS and "cnn3d" not in PREDICTORS
+    for arch in FAMILIES:
+        assert load_recipe(smoke_recipe_path(arch)).model.arch == arch
+
+
+@pytest.mark.parametrize("arch", PREDICTORS)
+def test_teacher_forcing_scheduled_sampling_and_causality(arch: str) -> None:
+    recipe = smoke(arch)
+    torch.manual_seed(0)
+    model = create_model(recipe.model, 1).double().eval()
+    clips = torch.rand(2, CONTEXT + FUTURE, 1, SIZE, SIZE, dtype=torch.float64)
+    steps = CONTEXT + FUTURE - 1
+    with torch.no_grad():
+        free = model(clips, FUTURE, context_frames=CONTEXT, teacher_forcing=0.0)
+        forced = model(clips, FUTURE, context_frames=CONTEXT, teacher_forcing=1.0)
+        all_true = model(clips, FUTURE, context_frames=CONTEXT, teacher_forcing=torch.ones(2, FUTURE - 1, dtype=torch.bool))
+        mask = torch.tensor([[True, False, True], [False, False, False]])
+        mixed = model(clips, FUTURE, context_frames=CONTEXT, teacher_forcing=mask)
+        predicted = model(clips[:, :CONTEXT], future_frames=FUTURE)
+    assert free.shape == forced.shape == (2, steps, 1, SIZE, SIZE)
+    # Free running is prediction; full teacher forcing is the mask of all True.
+    torch.testing.assert_close(free[:, CONTEXT - 1 :], predicted, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(forced, all_true, rtol=1e-12, atol=1e-12)
+    # The context is the same either way; the ground truth fed at step CONTEXT changes what follows.
+    torch.testing.assert_close(free[:, :CONTEXT], forced[:, :CONTEXT], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(free[:, CONTEXT:], forced[:, CONTEXT:])
+    # Scheduled sampling per sample: sample 1 never takes the truth, so it runs free.
+    torch.testing.assert_close(mixed[1], free[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mixed[0, : CONTEXT + 1], forced[0, : CONTEXT + 1], rtol=1e-12, atol=1e-12)
+    # Causality: output t never sees frames after t.
+    for t in (1, CONTEXT, steps - 2):
+        later = clips.clone()
+        later[:, t + 1 :] = torch.rand_like(later[:, t + 1 :])
+        with torch.no_grad():
+            again = model(later, FUTURE, context_frames=CONTEXT, teacher_forcing=1.0)
+        torch.testing.assert_close(again[:, : t + 1], forced[:, : t + 1], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(again[:, t + 1 :], forced[:, t + 1 :])
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_bf16_autocast_training_step(arch: str) -> None:
+    recipe = smoke(arch, "train.precision=bf16")
+    torch.manual_seed(0)
+    model = create_model(recipe.model, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train, _ = data_for(recipe)
+    batch = [train[i] for i in range(4)]
+    if isinstance(batch[0], tuple):
+        clips, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    else:
+        clips, labels = torch.stack(batch), None
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(model, optimizer, clips.float(), recipe, 0.5, generator=torch.Generator().manual_seed(0), labels=labels)
+    assert torch.isfinite(loss) and loss > 0
+    changed = [not torch.equal(a, p) for a, p in zip(before, model.parameters())]
+    assert sum(changed) >= 0.9 * len(changed)  # (almost) every parameter had a gradient
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(clips[:, :CONTEXT].float(), FUTURE, classify=model.num_classes is not None)
+    logits = out[1] if isinstance(out, tuple) else None
+    frames = out[0] if isinstance(out, tuple) else out
+    assert frames is None or frames.dtype == torch.bfloat16
+    assert logits is None or logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_interrupted_then_resumed_equals_uninterrupted(arch: str, tmp_path: Path) -> None:
+    recipe = smoke(arch)
+    quiet = {"log": lambda _m: None}
+    full = Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data_for(recipe), **quiet).fit()
+    assert full.steps == 16
+    Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data_for(recipe), **quiet).fit(max_steps=11)  # mid-epoch 1
+    resumed = Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data_for(recipe), resume=True, **quiet)
+    assert (resumed.step, resumed.epoch, resumed.position) == (11, 1, 3)
+    resumed.fit()
+    a = read_checkpoint(tmp_path / "full" / "last.pt")
+    b = read_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["step"] == b["step"] == 16
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def _ddp_worker(rank: int, world: int, port: int, arch: str, out: str, result_dir: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    recipe = smoke(arch, "train.batch_size=2", "train.micro_batch=2")
+    trainer = Trainer(recipe, Path(out), torch.device("cpu"), *data_for(recipe), log=lambda _m: None)
+    result = trainer.fit(max_steps=3)
+    torch.save({"state": trainer.net.state_dict(), "steps": result.steps}, Path(result_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_ddp_two_processes_on_gloo_keep_one_model(arch: str, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_ddp_worker, args=(2, port, arch, str(tmp_path / "run"), str(results)), nprocs=2, join=True)
+    r0, r1 = (torch.load(results / f"rank{i}.pt", weights_only=True) for i in range(2))
+    assert r0["steps"] == r1["steps"] == 3
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+
+
+# -- SIGKILL, then --resume, from the command line -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Prepared datasets on disk: Moving-MNIST at 16x16 and a labelled brightness dataset."""
+    from cttlstm_cli.cli import main
+
+    root = tmp_path_factory.mktemp("every-family")
+    args = ["prepare", "mmnist", "--out", str(root / "mmnist"), "--size", str(SIZE), "--train", "32", "--val", "8",
+            "--test", "8", "--frames", "12", "--offline", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    return {"frames": root / "mmnist", "labels": brightness_labelled_dataset(root / "labelled", videos=24, size=SIZE)}
+
+
+def _train(arch: str, out: Path, data: Path, *extra: str) -> subprocess.Popen:
+    sets = [f"data.path={data}", f"data.frame_size=[{SIZE},{SIZE}]", f"data.input_frames={CONTEXT}", f"data.future_frames={FUTURE}",
+            "train.batch_size=4", "train.micro_batch=4", "train.epochs=3", "train.epoch_clips=32", "train.val_clips=8",
+            "train.checkpoint_every=2", "data.workers=0"]  # fmt: skip
+    args = [sys.executable, "-m", "cttlstm_cli", "train", str(smoke_recipe_path(arch)), "--out", str(out), "--device", "cpu", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_sigkill_then_resume_equals_uninterrupted(arch: str, prepared: dict[str, Path], tmp_path: Path) -> None:
+    data = prepared["labels" if load_recipe(smoke_recipe_path(arch)).model.num_classes else "frames"]
+    full = _train(arch, tmp_path / "full", data)
+    assert full.wait(timeout=600) == 0, full.stderr.read().decode()
+
+    killed = _train(arch, tmp_path / "killed", data)
+    last = tmp_path / "killed" / "last.pt"
+    # Kill once the first checkpoint (step 2 of 24) exists: however slow the machine, the run is then mid-way.
+    while not last.exists() and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()
+    assert 0 < read_checkpoint(last)["step"] < 24
+
+    resumed = _train(arch, tmp_path / "killed", data, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+    a = read_checkpoint(tmp_path / "full" / "last.pt")
+    b = read_checkpoint(last)
+    assert a["step"] == b["step"] == 24
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def _reference_for(arch: str):
+    """The family's ``reference_model`` (``cttlstm_cli/models/<family>/reference.py``), or None."""
+    import importlib
+
+    family = model_class(arch).__module__.rsplit(".", 1)[0]
+    try:
+        return importlib.import_module(f"{family}.reference").reference_model
+    except ModuleNotFoundError:
+        return None
+
+
+#: the families with a fast path and a literal per-step reference to check it against
+WITH_REFERENCE = [arch for arch in FAMILIES if _reference_for(arch) is not None]
+
+
+@pytest.mark.parametrize("arch", WITH_REFERENCE)
+def test_fast_path_equals_its_reference_in_values_and_gradients(arch: str) -> None:
+    import copy
+
+    assert {"convrnn", "predrnnpp", "e3dlstm"} <= set(WITH_REFERENCE)
+    torch.manual_seed(0)
+    fast = create_model(smoke(arch).model, 1).double()
+    reference = _reference_for(arch)(copy.deepcopy(fast))
+    clips = torch.rand(2, CONTEXT + FUTURE, 1, SIZE, SIZE, dtype=torch.float64)
+    for teacher_forcing in (1.0, 0.5):
+        outputs = []
+        for model in (fast, reference):
+            model.zero_grad()
+            out = model(clips, FUTURE, context_frames=CONTEXT, teacher_forcing=teacher_forcing, generator=torch.Generator().manual_seed(1))
+            (out - clips[:, 1:]).abs().mean().backward()
+            outputs.append(out)
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+        for (name, p), q in zip(fast.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
