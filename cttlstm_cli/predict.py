@@ -1,17 +1,24 @@
-"""Predict the future of one clip: the library behind ``cttlstm predict``.
+"""Predict the future of one clip with one or several models: the library behind ``cttlstm predict``.
 
-A clip (any format :func:`cttlstm_cli.data.video.read_video` reads) is converted to the
-model's frame size and channels. Which frames are the context:
+The clip is either a file (any format :func:`cttlstm_cli.data.video.read_video` reads),
+converted to the models' frame size and channels, or a clip of a prepared test split
+(:func:`read_test_clip`). Which frames of a file are the context:
 
 * ``start`` given: frames ``[start, start + context)``; the ground truth is the ``steps``
   frames that follow, when the clip has them all;
 * otherwise, when the clip holds at least ``context + steps`` frames: the first ``context``
   frames, with the next ``steps`` frames as ground truth;
 * otherwise (too short for ground truth): the last ``context`` frames, predictions only.
+
+Several checkpoints predict from the same context frames (:func:`predict_models`); they must
+agree on frame size and channels, and :func:`render` puts their predictions side by side.
 """
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +48,40 @@ class Prediction:
         return int(self.predictions.shape[0])
 
 
+@dataclass
+class MultiPrediction:
+    """One clip's context and ground truth with several models' predictions from that same context."""
+
+    context: np.ndarray  # uint8 [I, H, W, C]
+    labels: list[str]  # one panel label per model, unique, in the order the checkpoints were given
+    predictions: list[np.ndarray]  # per model float32 [N, C, H, W], raw model output (not clamped)
+    truth: np.ndarray | None  # uint8 [N, H, W, C], or None
+    start: int  # clip index of the first context frame
+    clip_frames: int  # frames in the (converted) clip
+    checkpoints: list[Path]  # the checkpoint file of every model
+
+    @property
+    def steps(self) -> int:
+        return int(self.predictions[0].shape[0])
+
+    def single(self, index: int = 0) -> Prediction:
+        """Model ``index``'s prediction alone, as :func:`predict_frames` returns it."""
+        return Prediction(self.context, self.predictions[index], self.truth, self.start, self.clip_frames)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{label: predictions}`` in the models' order (what ``--save-npy`` stores in the ``.npz``)."""
+        return dict(zip(self.labels, self.predictions))
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded for prediction, with the recipe it was trained with and where it came from."""
+
+    model: VideoModel
+    recipe: Recipe | None
+    checkpoint: Path
+
+
 def newest_checkpoint(root: str | Path = "runs") -> Path:
     """The newest ``runs/*/best.pt`` (by modification time)."""
     root = Path(root)
@@ -58,6 +99,35 @@ def frame_format(model: VideoModel, recipe: Recipe | None, size: tuple[int, int]
     if recipe is not None:
         return tuple(int(x) for x in recipe.data.frame_size), channels  # type: ignore[return-value]
     return DEFAULT_AUTHORS_SIZE, channels
+
+
+def common_frame_format(
+    models: Sequence[LoadedModel], size: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], int]:
+    """The ``((H, W), channels)`` all ``models`` share; a model that differs from the first is one error naming both."""
+    first = models[0]
+    (h, w), c = frame_format(first.model, first.recipe, size)
+    for other in models[1:]:
+        (oh, ow), oc = frame_format(other.model, other.recipe, size)
+        if (oh, ow, oc) != (h, w, c):
+            raise CttlstmError(
+                f"{other.checkpoint} takes {oh}x{ow} frames with {oc} channel(s) but {first.checkpoint} takes "
+                f"{h}x{w} with {c}; all --checkpoint models must agree on frame size and channels"
+            )
+    return (h, w), c
+
+
+def panel_labels(names: Sequence[str], checkpoints: Sequence[str | Path]) -> list[str]:
+    """One unique label per model: its name, with the run directory's name (or the checkpoint file's stem)
+    added where several models share a name, and a position ``#k`` where even that is not unique."""
+    count = Counter(names)
+    labels = []
+    for name, ckpt in zip(names, checkpoints):
+        path = Path(ckpt)
+        tag = path.parent.name if path.name == "best.pt" and path.parent.name else path.stem
+        labels.append(f"{name} ({tag})" if count[name] > 1 else name)
+    repeated = Counter(labels)
+    return [f"{label} #{i + 1}" if repeated[label] > 1 else label for i, label in enumerate(labels)]
 
 
 def choose_window(frames: int, context: int, steps: int, start: int | None = None) -> tuple[int, bool]:
@@ -98,6 +168,133 @@ def predict_frames(
     return Prediction(ctx, pred.float().cpu().numpy(), truth, start, int(frames.shape[0]))
 
 
+def predict_models(
+    models: Sequence[LoadedModel],
+    frames: np.ndarray,
+    context: int,
+    steps: int,
+    start: int | None = None,
+    device: torch.device | str = "cpu",
+) -> MultiPrediction:
+    """Every model's ``steps`` predicted frames after the same context of uint8 ``frames [T, H, W, C]``."""
+    _refuse_classifiers(models)
+    results = [predict_frames(m.model, frames, context, steps, start, device) for m in models]
+    first = results[0]
+    labels = panel_labels([m.model.name for m in models], [m.checkpoint for m in models])
+    return MultiPrediction(
+        first.context, labels, [r.predictions for r in results], first.truth, first.start, first.clip_frames,
+        [m.checkpoint for m in models],
+    )
+
+
+def _refuse_classifiers(models: Sequence[LoadedModel]) -> None:
+    """Refuse a classifier-only model before any model runs (naming its checkpoint when there are several)."""
+    for m in models:
+        if not m.model.predicts_frames:
+            where = f"{m.checkpoint}: " if len(models) > 1 else ""
+            raise CttlstmError(
+                f"{where}{m.model.name} classifies activities and predicts no frames; "
+                "predict needs a frame-prediction model"
+            )
+
+
+def load_models(checkpoints: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
+    """Load every checkpoint (file or run directory, see :func:`resolve_checkpoint_path`)."""
+    from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
+
+    paths = [resolve_checkpoint_path(c) for c in checkpoints]
+    return [LoadedModel(*load_model_and_recipe(p, device), p) for p in paths]
+
+
+def read_test_clip(
+    model: LoadedModel, index: int, context: int, steps: int, data: str | Path | None = None
+) -> tuple[np.ndarray, int, str]:
+    """Clip ``index`` (0-based) of the prepared test split of ``model``'s recipe (or of ``data``), cut as
+    ``cttlstm evaluate --future steps`` cuts it: non-overlapping windows of ``context + steps`` frames.
+
+    Returns ``(frames, start, description)``: the whole stored video (uint8 ``[T, H, W, C]``) and the
+    window's first frame in it, so that frame counters count frames of the video.
+    """
+    from cttlstm_cli.data.dataset import open_dataset
+    from cttlstm_cli.evaluation.runner import data_config_for
+
+    if index < 0:
+        raise CttlstmError(f"--test-clip must be >= 0, got {index}")
+    data_cfg = data_config_for(model.recipe, data, context, int(model.model.image_channels))
+    dataset = open_dataset(data_cfg, "test", mode="sequential", clip_frames=context + steps)
+    try:
+        if index >= len(dataset):
+            raise CttlstmError(
+                f"the test split of {data_cfg.path} has {len(dataset)} clip(s) of {context}+{steps} frames; "
+                f"--test-clip {index} is out of range"
+            )
+        video, start = dataset.window(index)
+        # the whole video (h5py ends a slice at the last stored frame), so that t counts frames of the video
+        frames = np.asarray(dataset.read(video, 0, sys.maxsize))
+    finally:
+        dataset.close()
+    return frames, start, f"test clip {index} of {data_cfg.path} (video {video})"
+
+
+def predict_clip_models(
+    clip: str | Path | None,
+    checkpoints: Sequence[str | Path] | None = None,
+    steps: int = 10,
+    context: int | None = None,
+    start: int | None = None,
+    size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    test_clip: int | None = None,
+    data: str | Path | None = None,
+) -> tuple[MultiPrediction, str]:
+    """Predict one clip with every checkpoint (files or run directories; default :func:`newest_checkpoint`).
+
+    The clip is the file ``clip``, or with ``test_clip`` N clip N of the first checkpoint's prepared
+    test split (its recipe's ``data.path``, or ``data``; see :func:`read_test_clip`). The context
+    length is ``context``, default the first recipe's ``data.input_frames`` (10 without a recipe).
+    Returns the predictions and a description of the clip.
+    """
+    from cttlstm_cli.data.video import VideoError, read_video
+    from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
+
+    if steps < 1:
+        raise CttlstmError(f"--steps must be at least 1, got {steps}")
+    if (clip is None) == (test_clip is None):
+        both = clip is not None
+        raise CttlstmError("give either a CLIP or --test-clip N, not both" if both else "give a CLIP or --test-clip N")
+    if test_clip is not None and start is not None:
+        raise CttlstmError("--start applies to a CLIP file; a --test-clip starts where its window does")
+    paths = [resolve_checkpoint_path(c) for c in checkpoints] if checkpoints else [newest_checkpoint()]
+    if clip is not None and not Path(clip).exists():
+        raise CttlstmError(f"clip not found: {clip}")
+    models = load_models(paths, device)
+    _refuse_classifiers(models)
+    (h, w), channels = common_frame_format(models, size)
+    first_recipe = models[0].recipe
+    context = int(context or (first_recipe.data.input_frames if first_recipe is not None else 10))
+    for m in models:
+        try:
+            m.model.check_data(h, w, context)
+        except CttlstmError as err:
+            if len(models) == 1:
+                raise
+            raise CttlstmError(f"{m.checkpoint}: {err}") from None  # say which of the models refuses
+    if test_clip is not None:
+        frames, start, source = read_test_clip(models[0], test_clip, context, steps, data)
+        if frames.shape[1:] != (h, w, channels):
+            raise CttlstmError(
+                f"the test split's frames are {frames.shape[1]}x{frames.shape[2]} with {frames.shape[3]} channel(s) "
+                f"but the models take {h}x{w} with {channels}"
+            )
+    else:
+        try:
+            frames = read_video(Path(clip), size=(h, w), channels=channels)  # type: ignore[arg-type]
+        except VideoError as err:
+            raise CttlstmError(f"{clip}: {err}") from None
+        source = str(clip)
+    return predict_models(models, frames, context, steps, start, device), source
+
+
 def predict_clip(
     clip: str | Path,
     checkpoint: str | Path | None = None,
@@ -108,47 +305,68 @@ def predict_clip(
     device: torch.device | str = "cpu",
 ) -> Prediction:
     """Read ``clip``, load ``checkpoint`` (file or run directory; default :func:`newest_checkpoint`), predict."""
-    from cttlstm_cli.data.video import VideoError, read_video
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
-
-    if steps < 1:
-        raise CttlstmError(f"--steps must be at least 1, got {steps}")
-    path = resolve_checkpoint_path(checkpoint) if checkpoint is not None else newest_checkpoint()
-    clip = Path(clip)
-    if not clip.exists():
-        raise CttlstmError(f"clip not found: {clip}")
-    model, recipe = load_model_and_recipe(path, device)
-    (h, w), channels = frame_format(model, recipe, size)
-    context = int(context or (recipe.data.input_frames if recipe is not None else 10))
-    model.check_data(h, w, context)
-    try:
-        frames = read_video(clip, size=(h, w), channels=channels)
-    except VideoError as err:
-        raise CttlstmError(f"{clip}: {err}") from None
-    return predict_frames(model, frames, context, steps, start, device)
+    checkpoints = [checkpoint] if checkpoint is not None else None
+    result, _ = predict_clip_models(clip, checkpoints, steps, context, start, size, device)
+    return result.single(0)
 
 
-def render(prediction: Prediction, scale: int | None = None, error_panel: bool = True) -> np.ndarray:
-    """The animation frames: context then predictions, beside ground truth (and |error|) when there is one."""
+def panel_titles(prediction: Prediction | MultiPrediction, error_panel: bool = True) -> list[str]:
+    """The titles of :func:`render`'s panels, left to right."""
+    single = isinstance(prediction, Prediction) or len(prediction.labels) == 1
+    labels = ["prediction"] if isinstance(prediction, Prediction) else list(prediction.labels)
+    if prediction.truth is None:
+        return ["context -> prediction"] if single else labels
+    errors = (["|error|"] if single else [f"|error| {label}" for label in labels]) if error_panel else []
+    return ["ground truth", *(["prediction"] if single else labels), *errors]
+
+
+def save_raw(prediction: MultiPrediction, animation: str | Path) -> Path:
+    """Write the raw predictions beside ``animation`` atomically; returns the file: one model's float32
+    ``[N, C, H, W]`` as ``.npy``, several models' as one ``.npz`` with an array per label, in their order."""
+    from cttlstm_cli.atomic import atomic_path
+
+    several = len(prediction.labels) > 1
+    path = Path(animation).with_suffix(".npz" if several else ".npy")
+    with atomic_path(path) as tmp:
+        if several:
+            with open(tmp, "wb") as f:  # a file object: given a path, np.savez appends .npz to it
+                np.savez(f, **{k: v.astype(np.float32) for k, v in prediction.arrays().items()})
+        else:
+            np.save(tmp, prediction.predictions[0].astype(np.float32))
+    return path
+
+
+def render(prediction: Prediction | MultiPrediction, scale: int | None = None, error_panel: bool = True) -> np.ndarray:
+    """The animation frames: context then predictions, beside ground truth (and |error|) when there is one.
+
+    Panels, left to right: the ground truth (when the clip has it), every model's context + prediction
+    in the models' order, then (with ground truth and ``error_panel``) every model's |error|. A single
+    model's panels are titled ``ground truth | prediction | |error|``; several models' carry their labels.
+    """
     from cttlstm_cli.rendering import compose, to_uint8_rgb
 
+    preds = [prediction.predictions] if isinstance(prediction, Prediction) else list(prediction.predictions)
+    titles = panel_titles(prediction, error_panel)
     ctx = to_uint8_rgb(prediction.context)
-    pred = to_uint8_rgb(prediction.predictions, channels_first=True)
-    n_ctx, n_pred = len(ctx), len(pred)
+    views = [np.concatenate([ctx, to_uint8_rgb(p, channels_first=True)]) for p in preds]
+    n_ctx, n_pred = len(ctx), len(views[0]) - len(ctx)
     first = prediction.start + 1
     captions = [f"t={first + i}  context {i + 1}/{n_ctx}" for i in range(n_ctx)]
     captions += [f"t={first + n_ctx + i}  predicted {i + 1}/{n_pred}" for i in range(n_pred)]
-    model_view = np.concatenate([ctx, pred])
     if prediction.truth is None:
-        return compose([model_view], ["context -> prediction"], captions, scale)
+        return compose(views, titles, captions, scale)
     truth = np.concatenate([ctx, to_uint8_rgb(prediction.truth)])
-    panels, titles = [truth, model_view], ["ground truth", "prediction"]
+    panels = [truth, *views]
     if error_panel:
-        err = np.abs(model_view.astype(np.int16) - truth.astype(np.int16)).astype(np.uint8)
-        err[:n_ctx] = 0
-        panels.append(err)
-        titles.append("|error|")
+        for view in views:
+            err = np.abs(view.astype(np.int16) - truth.astype(np.int16)).astype(np.uint8)
+            err[:n_ctx] = 0  # the context is given, not predicted
+            panels.append(err)
     return compose(panels, titles, captions, scale)
 
 
-__all__ = ["DEFAULT_AUTHORS_SIZE", "Prediction", "choose_window", "frame_format", "newest_checkpoint", "predict_clip", "predict_frames", "render"]
+__all__ = [
+    "DEFAULT_AUTHORS_SIZE", "LoadedModel", "MultiPrediction", "Prediction", "choose_window", "common_frame_format",
+    "frame_format", "load_models", "newest_checkpoint", "panel_labels", "panel_titles", "predict_clip",
+    "predict_clip_models", "predict_frames", "predict_models", "read_test_clip", "render", "save_raw",
+]

@@ -2,9 +2,10 @@
 
 Frames are uint8 ``[T, H, W, 3]`` arrays. :func:`compose` lays several equally long
 frame sequences side by side, upscaled (nearest neighbour) so that small frames such as
-64×64 Moving-MNIST stay visible, with a title above every panel and a caption (the frame
-counter) below. :func:`write_animation` picks GIF or MP4 from the file extension and writes
-to a temporary name first, so a failed or interrupted write never leaves half a file.
+64×64 Moving-MNIST stay visible, with a title above every panel (in a smaller font, then cut
+with an ellipsis, when it is wider than its panel) and a caption (the frame counter) below.
+:func:`write_animation` picks GIF or MP4 from the file extension and writes to a temporary
+name first, so a failed or interrupted write never leaves half a file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ BACKGROUND = 24
 TEXT_COLOR = (235, 235, 235)
 LABEL_HEIGHT = 16
 GAP = 4
+#: the smallest font size a title is shrunk to before it is cut short
+MIN_FONT = 8
 
 
 def to_uint8_rgb(frames: np.ndarray, channels_first: bool = False) -> np.ndarray:
@@ -58,11 +61,34 @@ def _font(size: int = 12):
         return ImageFont.load_default()
 
 
+def _fit(draw, text: str, font, width: int) -> tuple[str, object]:
+    """``text`` and a font that fit ``width`` pixels: the given font when it fits (so labels that fit
+    render as they always have), else smaller sizes down to MIN_FONT, else the text cut with an ellipsis."""
+    room = width - 4
+
+    def wide(t: str, f) -> bool:
+        left, _, right, _ = draw.textbbox((0, 0), t, font=f)
+        return right - left > room
+
+    if not wide(text, font):
+        return text, font
+    size = int(getattr(font, "size", 0))
+    for smaller in range(size - 1, MIN_FONT - 1, -1):  # only a FreeType font has sizes
+        font = _font(smaller)
+        if not wide(text, font):
+            return text, font
+    cut = text
+    while len(cut) > 1 and wide(cut + "…", font):
+        cut = cut[:-1]
+    return cut.rstrip() + "…", font
+
+
 def _label(width: int, text: str, font) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, LABEL_HEIGHT), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(img)
+    text, font = _fit(draw, text, font, width)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = max(2, (width - (right - left)) // 2)
     y = max(0, (LABEL_HEIGHT - (bottom - top)) // 2 - top)
