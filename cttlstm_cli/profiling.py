@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from cttlstm_cli.models import VideoModel, unwrap
 from cttlstm_cli.recipe import Recipe
