@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,38 @@ def test_early_activity_training_from_the_command_line(cli, tmp_path: Path) -> N
     assert result.code == 0, result.err
     ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == 6 and any(k.startswith("classifier.") for k in ckpt["model"])
+
+
+def test_a_diverging_run_stops_in_one_line_and_saves_nothing_non_finite(cli, smoke_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = cli("train", SMOKE, "--out", run, "--quiet", "--device", "cpu", "--set", f"data.path={smoke_data}",
+                 "--set", "train.lr=1e20", "--set", "train.checkpoint_every=1")  # fmt: skip
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged: the training loss is nan at step "), result.err
+    assert "train.lr = 1e+20" in lines[0]
+    # Every checkpoint written before the loss went non-finite holds finite weights, and none after.
+    for path in run.glob("*.pt"):
+        saved = read_checkpoint(path)
+        assert all(t.isfinite().all() for t in saved["model"].values()), path
+        assert f"{run / 'last.pt'} (step {read_checkpoint(run / 'last.pt')['step']}) is kept" in lines[0]
+    # The log is strict JSON (no bare NaN).
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            json.loads(line, parse_constant=lambda name: pytest.fail(f"metrics.jsonl holds {name}"))
+
+
+def test_evaluate_and_predict_refuse_non_finite_weights(cli, smoke_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert cli("train", SMOKE, "--out", run, "--quiet", "--set", f"data.path={smoke_data}", "--max-steps", "1").code == 0
+    data = torch.load(run / "last.pt", weights_only=True)
+    name = next(iter(data["model"]))
+    data["model"][name] = data["model"][name].clone().fill_(float("nan"))
+    torch.save(data, tmp_path / "nan.pt")
+    for args in (["evaluate", tmp_path / "nan.pt", "--quiet"], ["predict", tmp_path / "clip.npy", "-k", tmp_path / "nan.pt", "--steps", "2"]):
+        np.save(tmp_path / "clip.npy", np.zeros((8, 32, 32), dtype=np.uint8))
+        result = cli(*args)
+        assert result.code == 2 and result.err.strip() == (
+            f"error: {tmp_path / 'nan.pt'}: holds non-finite weights (NaN or infinity), as a diverged run leaves; use an earlier checkpoint"
+        )
+    assert not (tmp_path / "pred.gif").exists()

@@ -314,3 +314,27 @@ def test_ctrl_c_stops_after_the_step_it_lands_in(tmp_path: Path, monkeypatch: py
     assert result.interrupted and result.steps == 3 and len(calls) == 3
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_weights_gone_non_finite_are_never_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Divergence at step 3 (after the step-2 checkpoint): the run stops, last.pt stays the step-2 one."""
+    from cttlstm_cli.training import trainer as trainer_module
+    from cttlstm_cli.training.trainer import DivergedError
+
+    calls = []
+
+    def diverge_at_step_3(model, *args, **kwargs):
+        loss = train_step(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(trainer_module, "train_step", diverge_at_step_3)
+    recipe = smoke(train__checkpoint_every=2, train__log_every=100)
+    trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data(), log=lambda _m: None)
+    with pytest.raises(DivergedError, match=r"the training loss is nan at step 4; .*last\.pt \(step 2\) is kept"):
+        trainer.fit()
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["step"] == 2 and all(t.isfinite().all() for t in saved["model"].values())

@@ -117,6 +117,8 @@ def load_model_and_recipe(path: str | Path, device: str | torch.device = "cpu") 
                 break
         else:
             raise CttlstmError(f"{path}: not a cttlstm or Conv-TT-LSTM checkpoint (keys: {', '.join(list(data)[:5])})")
+    if any(torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all()) for t in state.values()):
+        raise CttlstmError(f"{path}: holds non-finite weights (NaN or infinity), as a diverged run leaves; use an earlier checkpoint")
     model = create_model(cfg, channels)
     try:
         model.load_state_dict(state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -40,6 +41,10 @@ from cttlstm_cli.training.step import autocast, build_training_model, compile_mo
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
+
+
+class DivergedError(CttlstmError):
+    """Training produced a non-finite loss or weights; nothing from then on is saved."""
 
 
 @dataclass
@@ -296,9 +301,12 @@ class Trainer:
         write_text_atomic(self.run.metrics, "".join(ln + "\n" for ln in keep))
 
     def save(self, path: Path | None = None) -> None:
-        """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``."""
+        """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``; refuses
+        (:class:`DivergedError`) weights that are no longer finite, so no checkpoint ever holds them."""
         if not self.dist.is_main:
             return
+        if not all(bool(p.isfinite().all()) for p in self.net.parameters()):
+            raise self._diverged("the weights are no longer finite")
         extra = dict(
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
@@ -426,6 +434,17 @@ class Trainer:
             notes=self.notes,
         )
 
+    def _diverged(self, what: str) -> DivergedError:
+        try:
+            kept = f"{self.run.last} (step {read_checkpoint(self.run.last)['step']}) is kept, nothing later was saved"
+            then = "start a new run, or --resume from the kept checkpoint"
+        except CttlstmError:
+            kept, then = "no checkpoint was written", "start a new run"
+        return DivergedError(
+            f"training diverged: {what}; {kept}. Likely cause: a learning rate too high for this model "
+            f"(train.lr = {self.recipe.train.lr:g}) or no gradient clipping (train.grad_clip): lower it and {then}"
+        )
+
     _stop_requested = False
 
     @contextlib.contextmanager
@@ -470,6 +489,8 @@ class Trainer:
             )
             self.step += 1
             self.position += 1
+            if self.device.type == "cpu" and not bool(loss.isfinite()):
+                raise self._diverged(f"the training loss is {float(loss)} at step {self.step}")
             loss_sum += loss.double()
             loss_count += 1
             window_clips += clips.shape[0] * self.dist.world
@@ -477,6 +498,8 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 # Every rank logs at the same steps, so the window's loss is averaged over all ranks.
                 totals = self.dist.all_sum(torch.stack([loss_sum.cpu(), torch.tensor(float(loss_count), dtype=torch.float64)]))
+                if not bool(totals[0].isfinite()):
+                    raise self._diverged(f"the training loss became non-finite between steps {self.step - loss_count + 1} and {self.step}")
                 record = {
                     "kind": "train",
                     "step": self.step,
@@ -501,6 +524,8 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         val_loss = self.validate()
+        if not math.isfinite(val_loss):
+            raise self._diverged(f"the validation loss is {val_loss} after epoch {self.epoch + 1}")
         improved = self.schedule.end_epoch(self.epoch, val_loss, self.recipe.train)
         self.epoch += 1
         self.position = 0
