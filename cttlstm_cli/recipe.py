@@ -86,7 +86,7 @@ class TrainConfig(Section):
     """The paper's training recipe (design §3)."""
 
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="learning rate (a diverging run stops with one line)")
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(16, ge=1)
     micro_batch: int | None = Field(
@@ -109,6 +109,14 @@ class TrainConfig(Section):
     prediction_weight: float = Field(1.0, ge=0.0, description="lambda in lambda * L_prediction + cross-entropy (classifier models)")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
+
+    @field_validator("lr")
+    @classmethod
+    def _representable_lr(cls, v: float) -> float:
+        # Adam's step is lr / (1 - beta1) in float32: beyond about 3e37 it overflows inside the optimizer.
+        if v > 1e37:
+            raise ValueError(f"must be at most 1e37 (the optimizer's float32 step overflows beyond it), got {v:g}")
+        return v
 
     @field_validator("compile", mode="before")
     @classmethod

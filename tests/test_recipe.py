@@ -37,6 +37,7 @@ def test_overrides_apply_and_validate() -> None:
         ("model.history=2", "model.history (M=2) must be >= model.ctt_order (N=3)"),
         ("data.input_frames=0", "data.input_frames: Input should be greater than or equal to 1"),
         ("train.lr=-0.1", "train.lr: Input should be greater than 0"),
+        ("train.lr=1e38", "train.lr: must be at most 1e37 (the optimizer's float32 step overflows beyond it), got 1e+38"),
         ("train.lr=fast", "train.lr: Input should be a valid number"),
         ("model.colour=red", "model.colour: unknown key"),
         ("model.kernel=4", "model.kernel: must be odd"),
