@@ -19,7 +19,6 @@ live here, not in the tests (which check that every fast path equals its referen
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import platform
 import statistics
@@ -34,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cttlstm_cli.devices import retain_freed_memory  # noqa: E402
-from cttlstm_cli.models import VideoModel, create_model  # noqa: E402
+from cttlstm_cli.models import create_model  # noqa: E402
+from cttlstm_cli.models.registry import reference_model  # noqa: E402
 from cttlstm_cli.models.layers.conv import CpuConv, set_cpu_conv  # noqa: E402
 from cttlstm_cli.recipe import load_recipe  # noqa: E402
 from cttlstm_cli.training.step import make_optimizer, to_channels_last, train_step  # noqa: E402
@@ -64,24 +64,14 @@ def interleaved(fns: dict[str, Callable[[], None]], device: torch.device, warmup
     return times
 
 
-def reference_for(model: VideoModel) -> Callable[[VideoModel], VideoModel] | None:
-    """The family's ``reference_model`` (its literal per-step implementation), or None."""
-    family = type(model).__module__.rsplit(".", 1)[0]
-    try:
-        module = importlib.import_module(f"{family}.reference")
-    except ModuleNotFoundError:
-        return None
-    return getattr(module, "reference_model", None)
-
-
 def bench_recipe(path: Path, args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Time every variant of one recipe's model; returns one row per variant."""
     torch.manual_seed(0)
     probe = load_recipe(path)
-    has_reference = reference_for(create_model(probe.model, probe.data.channels, check=False)) is not None
+    reference_of = reference_model(probe.model.arch)
     # name, reference, precision, compile, channels_last, cpu conv
     variants: list[tuple[str, bool, str, bool, bool, CpuConv]] = []
-    if has_reference:
+    if reference_of is not None:
         variants += [("reference fp32", True, "fp32", False, False, "onednn")]
     variants += [("fast fp32", False, "fp32", False, False, "auto")]
     if device.type == "cpu":
@@ -101,7 +91,7 @@ def bench_recipe(path: Path, args: argparse.Namespace, device: torch.device) -> 
         torch.manual_seed(0)
         net = create_model(recipe.model, recipe.data.channels).to(device)
         if reference:
-            net = reference_for(net)(net)  # type: ignore[misc]
+            net = reference_of(net)  # type: ignore[misc]
         if channels_last:
             net = to_channels_last(net)
         model = torch.compile(net) if compiled else net

@@ -31,40 +31,37 @@ class BouncingSquares(Dataset):
         return self.data[index]
 
 
-def labelled_dataset(root: Path, videos: int = 6, frames: int = 16, size: int = 32) -> Path:
-    """A tiny prepared ssv2-style dataset: gray noise videos labelled 0, 1, 2 in turn, two groups."""
-    rng = np.random.default_rng(0)
+def _labelled_shards(root: Path, videos: int, frames: int, size: int, video, label_names: list[str],
+                     groups: dict[str, list[int]]) -> Path:
+    """Write a prepared ssv2-style dataset: ``video(v)`` gives video v of each split, labelled v % 3."""
     root.mkdir(parents=True)
     splits = {}
     for split in ("train", "val", "test"):
         writer = fmt.ShardWriter(root / fmt.shard_name(split, 0))
         for v in range(videos):
-            writer.add(rng.integers(0, 256, (frames, size, size, 1), dtype=np.uint8), f"{split}{v}", f"{split}{v}.webm", label=v % 3)
+            writer.add(video(v), f"{split}{v}", f"{split}{v}.webm", label=v % 3)
         entry = writer.close()
         splits[split] = {"videos": videos, "frames": videos * frames, "shards": [entry["file"]],
                          "sources": entry["sources"], "labels": entry["labels"]}
     fmt.write_manifest(root, {"format_version": 1, "dataset": "ssv2", "frame_size": [size, size], "channels": 1,
-                              "splits": splits, "label_names": ["push", "pull", "drop"],
-                              "groups": {"moving": [0, 1], "falling": [2]}})
+                              "splits": splits, "label_names": label_names, "groups": groups})
     return root
+
+
+def labelled_dataset(root: Path, videos: int = 6, frames: int = 16, size: int = 32) -> Path:
+    """A tiny prepared ssv2-style dataset: gray noise videos labelled 0, 1, 2 in turn, two groups."""
+    rng = np.random.default_rng(0)
+    return _labelled_shards(root, videos, frames, size, lambda v: rng.integers(0, 256, (frames, size, size, 1), dtype=np.uint8),
+                            ["push", "pull", "drop"], {"moving": [0, 1], "falling": [2]})  # fmt: skip
 
 
 def brightness_labelled_dataset(root: Path, videos: int = 12, frames: int = 12, size: int = 16) -> Path:
     """A tiny prepared ssv2-style dataset a classifier can learn: class 0 dark, 1 mid-grey, 2 bright
     noise videos (labels in turn), three groups of one class each."""
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    splits = {}
-    for split in ("train", "val", "test"):
-        writer = fmt.ShardWriter(root / fmt.shard_name(split, 0))
-        for v in range(videos):
-            level = 40 + 80 * (v % 3)
-            video = np.clip(rng.normal(level, 25, (frames, size, size, 1)), 0, 255).astype(np.uint8)
-            writer.add(video, f"{split}{v}", f"{split}{v}.webm", label=v % 3)
-        entry = writer.close()
-        splits[split] = {"videos": videos, "frames": videos * frames, "shards": [entry["file"]],
-                         "sources": entry["sources"], "labels": entry["labels"]}
-    fmt.write_manifest(root, {"format_version": 1, "dataset": "ssv2", "frame_size": [size, size], "channels": 1,
-                              "splits": splits, "label_names": ["dark", "grey", "bright"],
-                              "groups": {"dark": [0], "grey": [1], "bright": [2]}})
-    return root
+
+    def video(v: int) -> np.ndarray:
+        return np.clip(rng.normal(40 + 80 * (v % 3), 25, (frames, size, size, 1)), 0, 255).astype(np.uint8)
+
+    return _labelled_shards(root, videos, frames, size, video, ["dark", "grey", "bright"],
+                            {"dark": [0], "grey": [1], "bright": [2]})  # fmt: skip

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from cttlstm_cli.models import create_model, model_names
 from cttlstm_cli.models.checkpoint import read_checkpoint
-from cttlstm_cli.models.registry import model_class
+from cttlstm_cli.models.registry import model_class, reference_model
 from cttlstm_cli.recipe import Recipe, load_recipe
 from cttlstm_cli.training.step import train_step
 from cttlstm_cli.training.trainer import Trainer
@@ -229,19 +229,8 @@ def test_sigkill_then_resume_equals_uninterrupted(arch: str, prepared: dict[str,
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
-def _reference_for(arch: str):
-    """The family's ``reference_model`` (``cttlstm_cli/models/<family>/reference.py``), or None."""
-    import importlib
-
-    family = model_class(arch).__module__.rsplit(".", 1)[0]
-    try:
-        return importlib.import_module(f"{family}.reference").reference_model
-    except ModuleNotFoundError:
-        return None
-
-
 #: the families with a fast path and a literal per-step reference to check it against
-WITH_REFERENCE = [arch for arch in FAMILIES if _reference_for(arch) is not None]
+WITH_REFERENCE = [arch for arch in FAMILIES if reference_model(arch) is not None]
 
 
 @pytest.mark.parametrize("arch", WITH_REFERENCE)
@@ -251,7 +240,7 @@ def test_fast_path_equals_its_reference_in_values_and_gradients(arch: str) -> No
     assert {"convrnn", "predrnnpp", "e3dlstm"} <= set(WITH_REFERENCE)
     torch.manual_seed(0)
     fast = create_model(smoke(arch).model, 1).double()
-    reference = _reference_for(arch)(copy.deepcopy(fast))
+    reference = reference_model(arch)(copy.deepcopy(fast))
     clips = torch.rand(2, CONTEXT + FUTURE, 1, SIZE, SIZE, dtype=torch.float64)
     for teacher_forcing in (1.0, 0.5):
         outputs = []

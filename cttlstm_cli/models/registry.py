@@ -13,6 +13,7 @@ released Conv-TT-LSTM checkpoints) with :func:`register_importer`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import importlib
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -101,6 +102,17 @@ def model_class(name: str) -> type[VideoModel]:
             raise CttlstmError(f"model.arch: unknown model family {name!r}; registered: {', '.join(model_names())}")
         _load_plugin(ep)
     return _FAMILIES[name]
+
+
+def reference_model(name: str) -> Callable[[VideoModel], VideoModel] | None:
+    """Family ``name``'s literal per-step reference (``reference_model(network)`` in the ``reference``
+    module beside its model), or None when the family has none. Tests and benchmarks use it as the oracle."""
+    package = model_class(name).__module__.rsplit(".", 1)[0]
+    try:
+        module = importlib.import_module(f"{package}.reference")
+    except ModuleNotFoundError:
+        return None
+    return getattr(module, "reference_model", None)
 
 
 def config_class(name: str) -> type[ModelConfig]:

@@ -305,7 +305,7 @@ class Trainer:
         (:class:`DivergedError`) weights that are no longer finite, so no checkpoint ever holds them."""
         if not self.dist.is_main:
             return
-        if not all(bool(p.isfinite().all()) for p in self.net.parameters()):
+        if not bool(torch.stack([p.isfinite().all() for p in self.net.parameters()]).all()):  # one device sync
             raise self._diverged("the weights are no longer finite")
         extra = dict(
             optimizer=self.optimizer.state_dict(),
