@@ -71,6 +71,36 @@ def test_numbers_equal_manual_computation(cli, trained_smoke, tmp_path: Path) ->
         assert rep["metrics"][name] == pytest.approx(float(np.mean(per_frame)), rel=1e-9)
 
 
+def test_trivial_baselines_are_scored_on_the_same_clips(cli, trained_smoke, tmp_path: Path) -> None:
+    rep = _json(cli("evaluate", trained_smoke.best, "--metrics", "mse,ssim", "--limit", "6", "--future", "7",
+                    "--convention", "standard", "--json", "--out", tmp_path, "-q"))
+    _, recipe = load_model_and_recipe(trained_smoke.best)
+    data = recipe.data.model_copy(update={"path": str(trained_smoke.data)})
+    ds = open_dataset(data, "test", mode="sequential", clip_frames=5 + 7)
+    clips = torch.stack([ds[i] for i in range(6)])
+    target = clips[:, 5:]
+    expected = {"copy_last_frame": clips[:, 4:5].expand_as(target), "blank_frame": torch.zeros_like(target)}
+    baselines = rep["horizons"][0]["baselines"]
+    assert set(baselines) == set(expected)
+    for name, pred in expected.items():
+        for metric, fn in {"mse": mse, "ssim": ssim}.items():
+            per_frame = [float(fn(pred[:, t], target[:, t]).mean()) for t in range(7)]
+            assert baselines[name]["per_frame"][metric] == pytest.approx(per_frame, rel=1e-9, abs=1e-12)
+            assert baselines[name]["metrics"][metric] == pytest.approx(float(np.mean(per_frame)), rel=1e-9)
+    # The table shows them beside the model, with the model's standing against the better one.
+    table = cli("evaluate", trained_smoke.best, "--metrics", "mse", "--limit", "6", "--future", "7", "--convention", "standard",
+                "--out", tmp_path / "t", "-q")
+    assert table.code == 0 and "copy last frame" in table.out and "blank frame" in table.out
+    best = min(baselines, key=lambda n: baselines[n]["metrics"]["mse"])
+    change = 100 * (rep["metrics"]["mse"] - baselines[best]["metrics"]["mse"]) / baselines[best]["metrics"]["mse"]
+    label = best.replace("_", " ")
+    assert f"{abs(change):.0f}% {'below' if change < 0 else 'above'} the best trivial predictor ({label})" in table.out
+    # --no-baselines skips them.
+    bare = _json(cli("evaluate", trained_smoke.best, "--metrics", "mse", "--limit", "2", "--no-baselines", "--json",
+                     "--out", tmp_path / "bare", "-q"))
+    assert "baselines" not in bare["horizons"][0]
+
+
 def test_openstl_mse_is_paper_times_pixels_over_1000(cli, trained_smoke, tmp_path: Path) -> None:
     args = ("evaluate", trained_smoke.run, "--metrics", "mse,mae,ssim", "--limit", "4", "--future", "5", "--json", "-q")
     paper = _json(cli(*args, "--convention", "paper", "--out", tmp_path / "p"))

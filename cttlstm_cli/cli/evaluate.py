@@ -16,6 +16,7 @@ from cttlstm_cli.errors import CttlstmError
 
 _FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.2f}"}
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+_BASELINE_LABELS = {"copy_last_frame": "copy last frame", "blank_frame": "blank frame"}
 
 
 class _Bar:
@@ -68,7 +69,7 @@ def _table(reports: list[dict[str, Any]]) -> Table:
         caption=reports[0]["convention_description"],
         caption_justify="left",
     )
-    table.add_column("checkpoint", style="bold")
+    table.add_column("checkpoint", style="bold", no_wrap=True)
     table.add_column("model")
     context = reports[0]["context_frames"]
     for f in horizons:
@@ -78,16 +79,49 @@ def _table(reports: list[dict[str, Any]]) -> Table:
             table.add_column(f"{context}→{f}\n{_TITLES[m]}{scale} {arrow}", justify="right")
     table.add_column("clips", justify="right")
     table.add_column("params", justify="right")
+
+    def cells(by_f: dict[int, dict[str, float]]) -> list[str]:
+        values = [by_f.get(f, {}).get(m) for f in horizons for m in metrics]
+        return ["-" if v is None else _FORMATS[m].format(v) for v, m in zip(values, metrics * len(horizons))]
+
+    shown_baselines: set[tuple[Any, ...]] = set()
     for rep in reports:
-        by_f = {h["future_frames"]: h for h in rep["horizons"]}
-        cells = []
-        for f in horizons:
-            for m in metrics:
-                value = by_f.get(f, {}).get("metrics", {}).get(m)
-                cells.append("-" if value is None else _FORMATS[m].format(value))
         clips = "/".join(str(h["num_samples"]) for h in rep["horizons"])
-        table.add_row(report_label(rep["checkpoint"]), rep["model"], *cells, clips, f"{rep['parameters'] / 1e6:.2f}M")
+        by_f = {h["future_frames"]: h["metrics"] for h in rep["horizons"]}
+        table.add_row(report_label(rep["checkpoint"]), rep["model"], *cells(by_f), clips, f"{rep['parameters'] / 1e6:.2f}M")
+    for rep in reports:
+        # The trivial predictors score the same on the same clips: one set of rows per distinct data.
+        key = (rep["data"]["path"], rep["split"], rep["context_frames"], tuple(h["num_samples"] for h in rep["horizons"]))
+        names = [n for h in rep["horizons"] for n in h.get("baselines", {})]
+        if key in shown_baselines or not names:
+            continue
+        shown_baselines.add(key)
+        clips = "/".join(str(h["num_samples"]) for h in rep["horizons"])
+        for name in dict.fromkeys(names):
+            by_f = {h["future_frames"]: h.get("baselines", {}).get(name, {}).get("metrics", {}) for h in rep["horizons"]}
+            table.add_row(_BASELINE_LABELS.get(name, name), "trivial", *cells(by_f), clips, "-", style="dim")
     return table
+
+
+def baseline_verdicts(reports: list[dict[str, Any]]) -> list[str]:
+    """One line per report and horizon: its MSE against the better trivial predictor's."""
+    from cttlstm_cli.evaluation.runner import report_label
+
+    lines = []
+    for rep in reports:
+        for h in rep["horizons"]:
+            mse = h["metrics"].get("mse")
+            trivial = {n: b["metrics"]["mse"] for n, b in h.get("baselines", {}).items() if "mse" in b["metrics"]}
+            if mse is None or not trivial:
+                continue
+            best = min(trivial, key=trivial.__getitem__)
+            change = 100 * (mse - trivial[best]) / trivial[best] if trivial[best] > 0 else 0.0
+            word = "below" if change < 0 else "above"
+            lines.append(
+                f"{report_label(rep['checkpoint'])} {rep['context_frames']}→{h['future_frames']}: MSE {abs(change):.0f}% "
+                f"{word} the best trivial predictor ({_BASELINE_LABELS.get(best, best)})"
+            )
+    return lines
 
 
 def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
@@ -142,6 +176,7 @@ def evaluate(
     device: str = DEVICE_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json and per_frame.png (default: <run dir>/eval-<split>-<F>-<convention>)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (with several checkpoints: {\"checkpoints\": [...]})."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip scoring the trivial predictors (copy last frame, blank frame)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate checkpoints on a prepared dataset: 10 -> F recursive prediction, per-frame metrics.
@@ -151,7 +186,9 @@ def evaluate(
     frame, averaged over clips into per-frame curves; each headline number is the mean of
     its curve. The convention (paper, openstl, standard) fixes scaling, SSIM data range and
     LPIPS input range, and is named in every report. Classifier checkpoints also report
-    top-1 activity accuracy, overall and per activity group. Writes report.json and
+    top-1 activity accuracy, overall and per activity group. The same clips are scored for
+    two trivial predictors (copy the last context frame; a blank frame) as a sanity line:
+    a model that does not beat them has not learnt the motion. Writes report.json and
     per_frame.png; prints a table (or --json).
     """
     from cttlstm_cli.devices import open_device
@@ -195,6 +232,7 @@ def evaluate(
                 device=dev,
                 workers=workers,
                 progress=bar,
+                baselines=not no_baselines,
             )
         finally:
             if bar is not None:
@@ -207,6 +245,8 @@ def evaluate(
         typer.echo(json.dumps(combined_report(reports), indent=2))
         return
     console.print(_table(reports))
+    for line in baseline_verdicts(reports):
+        console.print(line, highlight=False, soft_wrap=True)
     acc = _accuracy_table(reports)
     if acc is not None:
         console.print(acc)

@@ -16,6 +16,8 @@ _HIGHER_IS_BETTER = {"psnr", "ssim"}
 def plot_per_frame(reports: Sequence[dict[str, Any]], path: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Draw one panel per metric, one line per (report, horizon); x is the frame index after the context.
 
+    The trivial baselines of the first report's longest horizon (when it has them) are drawn as
+    thin dashed gray lines, so a model's curve can be read against "nothing moves" and "nothing there".
     ``reports`` are ``EvaluationReport.to_dict()`` objects (any number; one per checkpoint).
     The PNG is written to a temporary name and renamed, so a reader never sees half a file.
     """
@@ -46,6 +48,13 @@ def plot_per_frame(reports: Sequence[dict[str, Any]], path: str | Path, labels: 
                 x = list(range(context + 1, context + len(values) + 1))
                 name = label if len(rep["horizons"]) == 1 else f"{label} ({context}->{h['future_frames']})"
                 ax.plot(x, values, marker="o" if len(values) <= 12 else None, markersize=3, label=name)
+        longest = max(reports[0]["horizons"], key=lambda h: h["future_frames"])
+        context = int(reports[0].get("context_frames", 0))
+        for (name, baseline), style in zip(longest.get("baselines", {}).items(), ("--", ":")):
+            values = baseline["per_frame"].get(metric)
+            if values:
+                x = list(range(context + 1, context + len(values) + 1))
+                ax.plot(x, values, style, color="gray", linewidth=1, label=name.replace("_", " "))
         arrow = "higher is better" if metric in _HIGHER_IS_BETTER else "lower is better"
         ax.set_title(f"{_LABELS.get(metric, metric)} ({arrow})", fontsize=10)
         ax.set_xlabel("frame")

@@ -12,6 +12,11 @@ the predictions are compared with ``clips[:, I:]`` frame by frame under a metric
 (``docs/metrics.md``). Per-frame curves are means over clips; each headline value is the
 mean of its curve.
 
+Beside every frame-predicting model the same clips are scored for two trivial predictors
+(:data:`TRIVIAL_PREDICTORS`): repeating the last context frame, and a blank (all-zero)
+frame. A model that does not beat the better of them has learnt nothing about motion; the
+report keeps them under each horizon's ``baselines``.
+
 Activity recognition (a checkpoint whose model has a classifier): every video of the split
 gives one clip from its observed beginning (``EarlyActivityDataset``); the logits after
 predicting the recipe's ``data.future_frames`` frames give top-1 accuracy, overall and per
@@ -46,6 +51,23 @@ DEFAULT_CONTEXT = 10
 ProgressFn = Callable[[str, int, int], None]
 
 
+def copy_last_frame(context: torch.Tensor, future: int) -> torch.Tensor:
+    """The trivial "nothing moves" prediction: the last context frame, ``future`` times."""
+    return context[:, -1:].expand(-1, future, *context.shape[2:])
+
+
+def blank_frame(context: torch.Tensor, future: int) -> torch.Tensor:
+    """The trivial "nothing there" prediction: all-zero frames (Moving-MNIST's background)."""
+    return context.new_zeros(context.shape[0], future, *context.shape[2:])
+
+
+#: trivial predictors scored beside every model: ``name -> predict(context [B, I, C, H, W], F)``
+TRIVIAL_PREDICTORS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "copy_last_frame": copy_last_frame,
+    "blank_frame": blank_frame,
+}
+
+
 def parse_future(values: Sequence[str | int] | None) -> list[int] | None:
     """``--future`` values: integers, repeatable or comma lists (``10,30``); each >= 1; order kept, duplicates dropped."""
     if not values:
@@ -76,14 +98,19 @@ class HorizonResult:
     num_samples: int
     metrics: dict[str, float]
     per_frame: dict[str, list[float]]
+    #: the same metrics for each of :data:`TRIVIAL_PREDICTORS`: ``{name: {"metrics", "per_frame"}}``
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "future_frames": self.future_frames,
             "num_samples": self.num_samples,
             "metrics": dict(self.metrics),
             "per_frame": {k: list(v) for k, v in self.per_frame.items()},
         }
+        if self.baselines:
+            out["baselines"] = {name: {"metrics": dict(b["metrics"]), "per_frame": dict(b["per_frame"])} for name, b in self.baselines.items()}
+        return out
 
 
 @dataclass
@@ -191,9 +218,13 @@ def predict_and_score(
     progress: ProgressFn | None = None,
     description: str = "",
     classify: bool = False,
+    baselines: dict[str, MetricAccumulator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Predict ``future`` frames from the first ``context`` of every clip ``[I+F, C, H, W]`` of
     ``dataset`` and accumulate the frame metrics against the rest.
+
+    ``baselines`` maps names of :data:`TRIVIAL_PREDICTORS` to accumulators that score those
+    predictors on the same clips.
 
     With ``classify`` (labelled clips, a model with a classifier) also returns the labels and
     the predicted classes ``(labels, predictions)`` of every clip, in order.
@@ -213,8 +244,11 @@ def predict_and_score(
             predicted_all.append(logits.argmax(dim=1).cpu())
         else:
             pred = model(clips[:, :context], future_frames=future)
+        target = clips[:, context : context + future]
         if pred is not None:  # None: a classifier that predicts no frames
-            accumulator.update(pred.float(), clips[:, context : context + future])
+            accumulator.update(pred.float(), target)
+        for name, baseline in (baselines or {}).items():
+            baseline.update(TRIVIAL_PREDICTORS[name](clips[:, :context], future), target)
         done += clips.shape[0]
         if progress:
             progress(description, done, total)
@@ -260,8 +294,12 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    baselines: bool = True,
 ) -> EvaluationReport:
-    """Evaluate an already loaded ``model`` on ``data_cfg``'s ``split`` (see the module doc)."""
+    """Evaluate an already loaded ``model`` on ``data_cfg``'s ``split`` (see the module doc).
+
+    ``baselines`` scores the :data:`TRIVIAL_PREDICTORS` on the same clips (frame-predicting
+    models only)."""
     from cttlstm_cli.data.dataset import EarlyActivityDataset, open_dataset
 
     device = torch.device(device)
@@ -290,16 +328,30 @@ def evaluate_model(
         else:
             dataset = open_dataset(data_cfg, split, mode="sequential", clip_frames=context + f)
         acc = MetricAccumulator(conv, metric_names, lpips_model, device=device)
+        trivial = (
+            {name: MetricAccumulator(conv, metric_names, lpips_model, device=device) for name in TRIVIAL_PREDICTORS}
+            if baselines and model.predicts_frames
+            else {}
+        )
         description = f"{context}->{f}" + (" + activity" if classify else "")
         found = predict_and_score(
-            model, _limited(dataset, limit), context, f, acc, device, batch_size, workers, progress, description, classify
+            model, _limited(dataset, limit), context, f, acc, device, batch_size, workers, progress, description, classify, trivial
         )
         if found is not None:
             manifest = dataset.base.manifest  # type: ignore[attr-defined]
             accuracy = activity_accuracy(*found, manifest.get("groups"), manifest.get("label_names"))
         if model.predicts_frames:
             rep = acc.report()
-            horizons.append(HorizonResult(f, rep.num_samples, rep.headline, rep.curves))
+            scored = {name: b.report() for name, b in trivial.items()}
+            horizons.append(
+                HorizonResult(
+                    f,
+                    rep.num_samples,
+                    rep.headline,
+                    rep.curves,
+                    {name: {"metrics": r.headline, "per_frame": r.curves} for name, r in scored.items()},
+                )
+            )
         else:
             horizons.append(HorizonResult(f, int(accuracy["num_samples"]) if accuracy else 0, {}, {}))
     return EvaluationReport(
@@ -339,6 +391,7 @@ def evaluate_checkpoint(
     workers: int | None = None,
     prepare: bool = True,
     progress: ProgressFn | None = None,
+    baselines: bool = True,
 ) -> EvaluationReport:
     """Load ``checkpoint`` (file or run directory) and evaluate it; defaults come from its recipe.
 
@@ -377,6 +430,7 @@ def evaluate_checkpoint(
         device=device,
         workers=workers,
         progress=progress,
+        baselines=baselines,
     )
 
 
@@ -448,6 +502,9 @@ def combined_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_CONTEXT",
     "DEFAULT_EVAL_METRICS",
+    "TRIVIAL_PREDICTORS",
+    "blank_frame",
+    "copy_last_frame",
     "EvaluationReport",
     "HorizonResult",
     "data_config_for",
