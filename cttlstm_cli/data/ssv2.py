@@ -24,6 +24,18 @@ from cttlstm_cli.errors import CttlstmError
 TRAIN_JSON = "something-something-v2-train.json"
 VAL_JSON = "something-something-v2-validation.json"
 LABELS_JSON = "something-something-v2-labels.json"
+#: where SSv2 comes from: cttlstm cannot fetch it, each user must accept its licence there
+SSV2_URL = "https://developer.qualcomm.com/software/ai-datasets/something-something"
+
+
+def source_hint() -> str:
+    """One line for ``prepare ssv2`` without SOURCE: where to get SSv2 and what to pass."""
+    return (
+        f"ssv2 needs SOURCE: Something-Something V2 cannot be downloaded by cttlstm - accept its licence and download it "
+        f"yourself at {SSV2_URL}, unpack the <id>.webm videos into one folder and the label files ({TRAIN_JSON}, "
+        f"{VAL_JSON}, {LABELS_JSON}) beside or inside it, then run 'cttlstm prepare ssv2 VIDEO_FOLDER --out DIR' "
+        "(add --labels LABEL_FOLDER when the label files are elsewhere)"
+    )
 
 
 def normalize_template(text: str) -> str:
