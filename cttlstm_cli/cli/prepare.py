@@ -55,13 +55,19 @@ def _fractions(text: str) -> tuple[float, float, float]:
         "  cttlstm prepare kth --out data/kth --mirror http://mirror.example.org/kth/\n\n"
         "  cttlstm prepare kth ~/datasets/kth --out data/kth --protocol openstl --workers 8\n\n"
         "  cttlstm prepare ssv2 ~/datasets/ssv2 --out data/ssv2-41 --subset 41\n\n"
-        "  cttlstm prepare folder my_videos/ --out data/mine --size 64x64 --gray --split 0.8,0.1,0.1"
+        "  cttlstm prepare folder my_videos/ --out data/mine --size 64x64 --gray --split 0.8,0.1,0.1\n\n"
+        "  cttlstm prepare --verify data/kth                     (check a prepared dataset)"
     )
 )
 def prepare(
-    dataset: str = typer.Argument(..., metavar="DATASET", help="mmnist, kth, ssv2 or folder."),
+    dataset: str = typer.Argument(None, metavar="DATASET", help="mmnist, kth, ssv2 or folder."),
     source: Path = typer.Argument(None, help="Raw data: KTH folder or zips (omit it to download KTH), SSv2 folder, or a folder of videos (not for mmnist)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (manifest.json + HDF5 shards)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (manifest.json + HDF5 shards); required."),
+    verify: Path = typer.Option(
+        None, "--verify", metavar="DIR",
+        help="Check a prepared dataset instead of preparing one: every shard present, its size and sha256 as the manifest "
+        "records, every chunk readable (HDF5 fletcher32), the counts adding up. Exit 1 when something is damaged.",
+    ),  # fmt: skip
     workers: int = typer.Option(None, "--workers", "-j", min=1, help="Decoding processes (default: all cores)."),
     size: str = typer.Option(None, "--size", help="Frame size N or HxW (mmnist: canvas, default 64; kth: 128; ssv2: 128; folder: 64)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generation (mmnist) and random splits (folder, ssv2 val)."),
@@ -109,6 +115,15 @@ def prepare(
     """
     from cttlstm_cli.data.build import prepare_dataset
 
+    if verify is not None:
+        if dataset is not None or out is not None:
+            raise CttlstmError("--verify DIR checks a prepared dataset; give it alone, without DATASET or --out")
+        _verify(verify, progress=not quiet)
+        return
+    if dataset is None:
+        raise CttlstmError("missing DATASET: mmnist, kth, ssv2 or folder (see 'cttlstm prepare --help')")
+    if out is None:
+        raise CttlstmError("missing --out DIR: the folder to write the prepared dataset to")
     if mirror is not None and (dataset != "kth" or source is not None):
         raise CttlstmError("--mirror only chooses where 'cttlstm prepare kth' without SOURCE downloads from; nothing is downloaded here")
     if dataset == "mmnist":
@@ -117,12 +132,8 @@ def prepare(
     elif dataset == "kth":
         options = dict(protocol=protocol, val_persons=_int_list(val_persons, "--val-persons") or [], sequences=sequences)
         if source is None:
-            source, options["fetched"] = _fetch_kth(out, options, mirror, download=not offline, progress=not quiet)
+            options.update(mirror=mirror, download=not offline)
     elif dataset == "ssv2":
-        if source is None:
-            from cttlstm_cli.data.ssv2 import source_hint
-
-            raise CttlstmError(source_hint())
         options = dict(subset=subset, labels_dir=labels, max_frames=max_frames)
     else:
         options = dict(fractions=_fractions(split), max_frames=max_frames)
@@ -132,27 +143,30 @@ def prepare(
     _report(result)
 
 
-def _fetch_kth(out: Path, options: dict, mirror: str | None, download: bool, progress: bool) -> tuple[Path, dict]:
-    """Download (or find in the cache) and verify the KTH files; returns (folder, record for the manifest)."""
-    from cttlstm_cli.data import kth
-    from cttlstm_cli.data import shards as fmt
-    from cttlstm_cli.data.prepare import check_output
+def _verify(root: Path, progress: bool) -> None:
+    """Print the per-shard report of a prepared dataset; exit 1 when anything is damaged."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    # refuse what would be refused after the download anyway, before fetching a gigabyte
-    kth.check_options(options["protocol"], options["val_persons"], options["sequences"])
-    earlier_prepare = out.is_dir() and ((out / fmt.MANIFEST_NAME).exists() or fmt.read_state(out) is not None)
-    if out.exists() and not earlier_prepare:
-        check_output(out, {})  # not a folder, or a folder of other files
-    files = kth.fetch_kth(mirror=mirror, download=download, progress=progress)
-    for warning in files.warnings:
-        err_console.print(f"warning: {warning}", style="yellow", highlight=False, soft_wrap=True)
-    fetched = f"{len(files.transferred)} fetched now" if files.transferred else "all from the cache"
-    console.print(f"KTH files verified in {files.folder} ({fetched}; {files.record['total_videos']} videos)", highlight=False, soft_wrap=True)
-    return files.folder, files.record
+    from cttlstm_cli.data.verify import verify_dataset
+
+    with Progress(TextColumn("verifying {task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                  transient=True, disable=not (progress and err_console.is_terminal)) as bar:  # fmt: skip
+        task = bar.add_task(str(root), total=None)
+
+        def advance(file: str, done: int, total: int) -> None:
+            bar.update(task, description=file, completed=done, total=total)
+
+        result = verify_dataset(root, progress=advance)
+    for line in result.lines():
+        (console if result.ok else err_console).print(line, highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def _report(result) -> None:
     m = result.manifest
+    for note in result.notes:
+        console.print(note, highlight=False, soft_wrap=True)
     if result.up_to_date:
         console.print(f"{result.root} is already prepared with these options; nothing to do.", highlight=False)
         return

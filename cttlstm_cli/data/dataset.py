@@ -15,6 +15,11 @@ An item is a float32 tensor ``[T, C, H, W]`` in [0, 1]; with ``with_labels=True`
 ``(clip, label)`` where label is an int (-1 when the dataset has none). HDF5 files are
 opened lazily, once per process (so each DataLoader worker gets its own handle), and a
 sample reads only its own frames.
+
+A shard that is missing, truncated or damaged (a failed fletcher32 checksum, say) is one
+:class:`~cttlstm_cli.data.shards.ShardError` naming the file, in the main process and in
+DataLoader workers alike: :func:`make_loader`'s loader re-raises a worker's CttlstmError
+with its own one-line message instead of torch's wrapped traceback.
 """
 
 from __future__ import annotations
@@ -107,6 +112,52 @@ class EpochIndexed(Dataset):
         return self.dataset[index]
 
 
+_WORKER_PREAMBLE = " in DataLoader worker process "
+
+
+def unwrap_worker_error(err: BaseException) -> BaseException:
+    """The error a DataLoader worker raised, as the worker raised it, when ``err`` re-raises one.
+
+    torch re-raises a worker's exception in the main process as the same type built from
+    a multi-line message ("Caught X in DataLoader worker process N. Original Traceback
+    ..."); for a CttlstmError that would print a traceback where the CLI promises one
+    line. Its original message is the traceback's last entry: that is returned as a
+    fresh exception of the same type. Anything else is returned unchanged.
+    """
+    text = str(err)
+    wrapped = text.startswith("Caught ") and _WORKER_PREAMBLE in text.split("\n", 1)[0]
+    if not isinstance(err, CttlstmError) or not wrapped:
+        return err
+    kind = type(err)
+    for prefix in (f"\n{kind.__module__}.{kind.__qualname__}: ", f"\n{kind.__qualname__}: "):
+        at = text.rfind(prefix)
+        if at >= 0:
+            try:
+                return kind(text[at + len(prefix) :].strip())
+            except Exception:  # noqa: BLE001 - a subclass with another constructor keeps torch's text
+                return err
+    return err
+
+
+class _OneLineErrorLoader(DataLoader):
+    """A DataLoader whose iteration re-raises workers' CttlstmErrors with their own message (see
+    :func:`unwrap_worker_error`)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except CttlstmError as err:
+                clean = unwrap_worker_error(err)
+                if clean is err:
+                    raise
+                raise clean from None
+            yield batch
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, sampler: Any, workers: int, device: torch.device, drop_last: bool = True
 ) -> DataLoader:
@@ -114,8 +165,9 @@ def make_loader(
 
     ``sampler`` None reads in order. Workers live as long as the loader (pair a training set
     with :class:`EpochSampler` and :class:`EpochIndexed` so that epochs still reach them).
+    A CttlstmError in a worker (a damaged shard) reaches the caller as the same one-line error.
     """
-    return DataLoader(
+    return _OneLineErrorLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -163,12 +215,13 @@ class ClipDataset(Dataset):
         self._pid = -1
 
         self.shard_files = [self.root / name for name in self.manifest["splits"][split]["shards"]]
+        checksums = fmt.shard_checksums(self.manifest, split)
         # one row per video: shard index, dataset key, label
         shard_of, keys, labels = [], [], []
         seg_video, seg_lo, seg_hi = [], [], []
         for s, path in enumerate(self.shard_files):
-            if not path.is_file():
-                raise CttlstmError(f"dataset at {root} is incomplete: missing shard {path.name}")
+            # size against the manifest: a truncated shard is named now, not mid-epoch in a worker
+            fmt.check_shard_file(path, checksums.get(path.name))
             lengths, shard_labels, segments = fmt.read_shard_index(path)
             for j, length in enumerate(lengths):
                 v = len(keys)
@@ -237,19 +290,23 @@ class ClipDataset(Dataset):
         return int(self._seg_video[seg]), int(self._seg_lo[seg] + (r - before) * self._step)
 
     def _file(self, shard: int):
-        import h5py
-
         if self._pid != os.getpid():  # a forked DataLoader worker must not share the parent's handles
             self._files, self._pid = {}, os.getpid()
         f = self._files.get(shard)
         if f is None:
-            f = self._files[shard] = h5py.File(self.shard_files[shard], "r")
+            f = self._files[shard] = fmt.open_shard(self.shard_files[shard])
         return f
 
     def read(self, video: int, start: int, frames: int) -> np.ndarray:
-        """Raw uint8 ``[frames, H, W, C]`` from one stored video."""
-        ds = self._file(int(self._shard_of[video]))[self._keys[video]]
-        return ds[start : start + frames]
+        """Raw uint8 ``[frames, H, W, C]`` from one stored video; a damaged shard is a ``ShardError``."""
+        shard = int(self._shard_of[video])
+        f = self._file(shard)
+        try:
+            return f[self._keys[video]][start : start + frames]
+        except (OSError, KeyError, RuntimeError) as err:  # not ValueError/TypeError: those are bugs in the caller
+            path = self.shard_files[shard]
+            where = f"{self._keys[video]} frames {start}-{start + frames - 1}"
+            raise fmt.shard_error(path, f"is damaged ({where}: {fmt.describe_read_error(err)})") from None
 
     def __getitem__(self, index: int):
         video, start = self.window(index)

@@ -5,6 +5,11 @@ A builder (mmnist, kth, ssv2, folder) turns its source into an ordered list of
 consumed *in job order*, so shard boundaries depend only on the inputs, never on
 timing: an interrupted prepare, run again with the same options, keeps its complete
 shards, deletes the partial one and redoes the rest.
+
+Failures leave nothing half-written behind: a full disk (ENOSPC, EDQUOT, or EFBIG from a
+file-size limit) is one line naming the file, the shard being written is deleted and the
+complete ones are kept, so the same command resumes once there is room. Decoding workers
+die with the prepare, even when it is killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -12,9 +17,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cttlstm_cli import __version__
+from cttlstm_cli.atomic import no_space_as_error
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.errors import CttlstmError
 
@@ -62,6 +73,7 @@ class PrepareResult:
     resumed_shards: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was done besides preparing (a download, say)
 
 
 def require_folder(source: str | Path) -> Path:
@@ -88,6 +100,9 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
     Returns the existing manifest when ``out`` is already prepared with the same
     options (nothing to do), None when the prepare should (re)start or resume, and
     raises CttlstmError when ``out`` holds something else: nothing is ever overwritten.
+    A prepared dataset whose shards are missing or have another size than the manifest
+    records is turned back into an interrupted prepare (the damaged shards deleted, the
+    manifest removed), so that this run rebuilds exactly those shards.
     """
     options = normalize_options(options)
     if out.exists() and not out.is_dir():
@@ -101,7 +116,15 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
                 f"{out} already holds a dataset prepared with other options ({'; '.join(_diff(old, options)[:3])}); "
                 "use another --out or delete it"
             )
-        return manifest
+        damaged = _damaged_shards(out, manifest)
+        if not damaged:
+            return manifest
+        with no_space_as_error(out / fmt.STATE_NAME):
+            fmt.write_state(out, options)
+        for path in damaged:
+            path.unlink(missing_ok=True)
+        manifest_path.unlink()
+        return None
     state = fmt.read_state(out) if out.is_dir() else None
     if state is not None:
         if state != options:
@@ -115,9 +138,63 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _worker_init(init: Callable[..., None] | None, initargs: tuple) -> None:
-    import signal
+def _damaged_shards(out: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Shards of a prepared dataset that are missing or not the size the manifest records (cheap: no reads)."""
+    damaged = []
+    for split, summary in manifest.get("splits", {}).items():
+        sums = fmt.shard_checksums(manifest, split)
+        for name in summary.get("shards", []):
+            try:
+                fmt.check_shard_file(out / name, sums.get(name))
+            except fmt.ShardError:
+                damaged.append(out / name)
+    return damaged
 
+
+#: Linux prctl option: the signal a process gets when its parent dies
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker die when ``parent`` does, even by SIGKILL (which runs no cleanup in the parent).
+
+    A killed prepare would otherwise leave its pool's workers blocked on the task queue
+    for good. Linux: PR_SET_PDEATHSIG; elsewhere, or if that fails, a thread polls the
+    parent. The parent may already be gone before either is in place: checked last.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), name="cttlstm-parent-watch", daemon=True).start()
+    _exit_if_orphaned(parent)
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    while True:
+        _exit_if_orphaned(parent)
+        time.sleep(every)
+
+
+def _exit_if_orphaned(parent: int) -> None:
+    if os.getppid() != parent:  # re-parented: the prepare is gone, and so is whoever wanted this result
+        os._exit(1)
+
+
+_PARENT: int | None = None  # the prepare's pid, in a worker
+
+
+def _worker_init(init: Callable[..., None] | None, initargs: tuple, parent: int | None = None) -> None:
+    global _PARENT
+    if parent is not None:
+        _PARENT = parent
+        _die_with_parent(parent)
     # Ctrl-C is the parent's to handle (it cancels the pool); workers would only print tracebacks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one decoder per core: torch's own thread pool would oversubscribe the cores
@@ -132,6 +209,8 @@ def _worker_init(init: Callable[..., None] | None, initargs: tuple) -> None:
 
 
 def _run_job(job: Job) -> list[Item]:
+    if _PARENT is not None:  # also between jobs: a job can outlast a parent that has no PDEATHSIG
+        _exit_if_orphaned(_PARENT)
     return job.fn(*job.args)
 
 
@@ -163,7 +242,9 @@ class _Pool:
         if workers > 1:
             # fork: workers inherit imports (fast start); the parent has no HDF5 file open yet
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-            self.executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(init, initargs))
+            self.executor = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_worker_init, initargs=(init, initargs, os.getpid())
+            )
         elif init is not None:
             init(*initargs)
 
@@ -205,6 +286,23 @@ def _reason(err: BaseException) -> str:
     return str(err) if isinstance(err, _E) else f"{type(err).__name__}: {err}"
 
 
+@contextmanager
+def _file_size_limit_is_an_error() -> Iterator[None]:
+    """Ignore SIGXFSZ for the block (or decorated function), so a write past a file-size limit
+    (``ulimit -f``) fails with EFBIG, which is reported like a full disk, instead of killing the
+    process without a word."""
+    try:
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    except (AttributeError, ValueError):  # no SIGXFSZ (Windows), or not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@_file_size_limit_is_an_error()
 def run_prepare(
     out: Path,
     dataset: str,
@@ -227,6 +325,8 @@ def run_prepare(
     ``options`` identifies the prepare (a re-run with equal options resumes or is a
     no-op; other options are refused). ``pre_skipped`` lists sources the builder
     rejected before decoding (bad names, missing files). Returns a :class:`PrepareResult`.
+    A full disk is a one-line CttlstmError naming the file; complete shards stay, so the
+    same call resumes once there is room.
     """
     options = normalize_options(options)
     shard_bytes = shard_bytes or fmt.SHARD_BYTES  # looked up now, so tests can shrink shards
@@ -234,8 +334,9 @@ def run_prepare(
     if existing is not None:
         return PrepareResult(out, existing, up_to_date=True)
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    fmt.write_state(out, options)
+    with no_space_as_error(out / fmt.STATE_NAME, fmt.RESUME_ADVICE):
+        out.mkdir(parents=True, exist_ok=True)
+        fmt.write_state(out, options)
     skipped: list[dict[str, str]] = list(pre_skipped or [])
     split_summaries: dict[str, dict[str, Any]] = {}
     resumed = 0
@@ -315,7 +416,8 @@ def run_prepare(
         **(provenance or {}),
         "options": options,
     }
-    fmt.write_manifest(out, manifest)
+    with no_space_as_error(out / fmt.MANIFEST_NAME, fmt.RESUME_ADVICE):  # write_manifest removes its temporary file
+        fmt.write_manifest(out, manifest)
     (out / fmt.STATE_NAME).unlink(missing_ok=True)
     return PrepareResult(out, manifest, resumed_shards=resumed, seconds=seconds)
 
@@ -335,6 +437,7 @@ def _split_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "frames": sum(e["frames"] for e in entries),
         "shards": [e["file"] for e in entries],
         "sources": sources,
+        "checksums": {e["file"]: {"bytes": e["bytes"], "sha256": e["sha256"]} for e in entries},
     }
     if any(label >= 0 for label in labels):
         summary["labels"] = labels

@@ -14,10 +14,18 @@ attributes ``name``, ``source``, ``label`` (-1: none) and, for KTH, ``segments``
 ``labels`` and attribute ``segments_json`` let a reader index a shard without touching
 any frames. A shard's attribute ``consumed_json`` records the job keys (sources) it
 covers, including skipped ones, which is what resuming an interrupted prepare uses.
+
+Integrity, end to end: every dataset of a shard carries HDF5's fletcher32 checksum per
+chunk (a flipped byte fails the read of its chunk), the file format's own metadata
+checksums are on (HDF5 1.10 object headers and chunk indexes), and the manifest records
+each shard's size and sha256 (``splits.<split>.checksums``). Readers translate any
+failure to read a shard into one :class:`ShardError` naming the file; shards written
+before these checks (no fletcher32, no checksums in the manifest) read as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,7 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from cttlstm_cli.atomic import write_json_atomic
+from cttlstm_cli.atomic import no_space_error, write_json_atomic
 from cttlstm_cli.errors import CttlstmError
 
 #: bump when the layout changes in a way old readers cannot handle
@@ -38,6 +46,47 @@ SHARD_BYTES = 1 << 30
 #: frames per HDF5 chunk: small enough that a 20-frame clip reads little more than itself
 CHUNK_FRAMES = 10
 SPLITS = ("train", "val", "test")
+#: what a full disk during a prepare leaves, and how to go on
+RESUME_ADVICE = "finished shards are kept: run the same 'cttlstm prepare' again once there is room to resume"
+#: HDF5 format bounds of new shards: 1.10's formats checksum the superblock, object headers
+#: and chunk indexes (a damaged header is refused, not misread); every h5py >= 3 reads them
+LIBVER = ("v110", "v110")
+
+
+class ShardError(CttlstmError):
+    """A shard that cannot be read as written: missing, truncated, or with damaged bytes."""
+
+
+def shard_error(path: Path, problem: str) -> ShardError:
+    """The one-line error for a damaged or missing shard: names the file, the problem and the way out.
+
+    ``problem`` completes "shard PATH ...", e.g. ``"is missing"`` or ``"is damaged (...)"``.
+    The way out works because a prepare run again with the same options rebuilds missing
+    shards of a complete dataset (see :func:`cttlstm_cli.data.prepare.check_output`).
+    """
+    fix = "run" if problem == "is missing" else "delete it and run"
+    return ShardError(
+        f"shard {path} {problem}; {fix} the same 'cttlstm prepare' again to rebuild it "
+        f"(check every shard with 'cttlstm prepare --verify {path.parent}')"
+    )
+
+
+def describe_read_error(err: BaseException) -> str:
+    """A short reason for an h5py read failure (h5py's messages carry a prefix that says nothing)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    prefixes = ("Unable to synchronously open file", "Unable to synchronously open object", "Can't synchronously read data")
+    for prefix in prefixes:
+        if text.startswith(prefix):
+            text = text[len(prefix) :].strip(" ()") or text
+    if "Fletcher32" in text or "filter returned failure" in text or "inflate()" in text:
+        # the filters run on read in reverse: fletcher32 first (where present), then gzip
+        return "a data chunk fails its checksum or decompression"
+    return text
+
+
+#: what reading a damaged HDF5 file raises: OSError from HDF5, KeyError for a lost object,
+#: ValueError/TypeError/RuntimeError for metadata that decodes to nonsense
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
@@ -90,19 +139,132 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _GuardedFile:
+    """The file HDF5 writes a shard through (h5py's file-object driver), never failing a write.
+
+    When a write fails inside HDF5 (a full disk, a file-size limit), HDF5 2.0 loses track of
+    the dataset being closed and then crashes (SIGSEGV in ``H5D__flush_all_cb``) when the
+    file is closed, and before that h5py only prints the errors of implicit dataset closes.
+    So this file takes the I/O errors away from HDF5: the first ``OSError`` is kept in
+    :attr:`error`, and that write and all later ones go to memory, where reads find them,
+    so HDF5 always sees a consistent file and closes cleanly. The writer checks
+    :attr:`error` after every video and discards the file. What lands in memory is at
+    most the rest of one video plus the index.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: OSError | None = None
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pos = 0
+        self._size = 0
+        self._spilled: list[tuple[int, bytes]] = []  # (offset, bytes) written after the error, in order
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._pos + done)
+            except OSError as err:
+                self.error = err
+        if self.error is not None:
+            self._spilled.append((self._pos, bytes(view)))
+        self._pos += len(view)
+        self._size = max(self._size, self._pos)
+        return len(view)
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        got = 0
+        while got < len(view):
+            n = os.preadv(self._fd, [view[got:]], self._pos + got)
+            if n <= 0:
+                break
+            got += n
+        view[got:] = bytes(len(view) - got)  # past the end of the file reads as zeros
+        start, stop = self._pos, self._pos + len(view)
+        for offset, data in self._spilled:
+            lo, hi = max(start, offset), min(stop, offset + len(data))
+            if lo < hi:
+                view[lo - start : hi - start] = data[lo - offset : hi - offset]
+        self._pos = stop
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        buf = bytearray(max(0, self._size - self._pos) if size < 0 else size)
+        self.readinto(buf)
+        return bytes(buf)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as err:
+                self.error = err
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: writes go straight to the file descriptor."""
+
+    def finish(self) -> None:
+        """fsync and close (once); a full disk that only shows now (network file systems) is kept in :attr:`error`."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            if self.error is None:
+                os.fsync(fd)
+            os.close(fd)
+        except OSError as err:
+            self.error = self.error or err
+
+
 class ShardWriter:
     """Writes one shard under a temporary name; :meth:`close` renames it into place.
 
     A shard that was never closed (crash, Ctrl-C) stays ``.NAME.h5.partial`` and is
-    deleted by the next prepare: only renamed files count as complete.
+    deleted by the next prepare: only renamed files count as complete. A full disk
+    (ENOSPC, EDQUOT, or EFBIG from a file-size limit) raises a one-line CttlstmError
+    from :meth:`add` or :meth:`close` naming the shard; the caller then calls :meth:`abort`,
+    which deletes the temporary file.
     """
 
     def __init__(self, path: Path, compression_level: int = 1) -> None:
         self.path = path
         self.tmp = partial_path(path)
         self.tmp.unlink(missing_ok=True)
-        self._file = h5py.File(self.tmp, "w")
-        self._group = self._file.create_group("videos")
+        try:
+            self._io = _GuardedFile(self.tmp)
+        except OSError as err:
+            raise no_space_error(err, path, RESUME_ADVICE) or err from None
+        try:
+            self._file = h5py.File(self._io, "w", libver=LIBVER)
+            self._group = self._file.create_group("videos")
+        except BaseException:
+            self._io.finish()
+            self.tmp.unlink(missing_ok=True)
+            raise
         self._level = compression_level
         self.lengths: list[int] = []
         self.labels: list[int] = []
@@ -111,6 +273,14 @@ class ShardWriter:
         self.consumed: list[str] = []
         self.skipped: list[dict[str, str]] = []
         self.nbytes = 0
+        self._closed = False
+
+    def _check_io(self) -> None:
+        """Raise the first write failure of the temporary file (a full disk as one line)."""
+        err = self._io.error
+        if err is not None:
+            other = OSError(err.errno, f"cannot write {self.tmp}: {err.strerror}")
+            raise no_space_error(err, self.path, RESUME_ADVICE) or other from None
 
     def add(
         self,
@@ -126,18 +296,26 @@ class ShardWriter:
         idx = len(self.lengths)
         chunk = (min(CHUNK_FRAMES, frames.shape[0]),) + frames.shape[1:]
         ds = self._group.create_dataset(
-            f"{idx:06d}", data=frames, chunks=chunk, compression="gzip", compression_opts=self._level, shuffle=False
+            f"{idx:06d}",
+            data=frames,
+            chunks=chunk,
+            compression="gzip",
+            compression_opts=self._level,
+            shuffle=False,
+            fletcher32=True,
         )
         ds.attrs["name"] = name
         ds.attrs["source"] = source
         ds.attrs["label"] = -1 if label is None else int(label)
         if segments:
             ds.attrs["segments"] = np.asarray(segments, dtype=np.int64)
+        del ds  # closing the dataset writes its cached chunks: a full disk shows now
         self.lengths.append(int(frames.shape[0]))
         self.labels.append(-1 if label is None else int(label))
         self.segments.append(segments)
         self.sources.append(source)
         self.nbytes += frames.nbytes
+        self._check_io()
 
     @property
     def videos(self) -> int:
@@ -146,8 +324,12 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         """Write the shard index, flush, and rename into place; returns the shard's manifest entry."""
         f = self._file
-        f.create_dataset("lengths", data=np.asarray(self.lengths, dtype=np.int64))
-        f.create_dataset("labels", data=np.asarray(self.labels, dtype=np.int64))
+        for key, values in (("lengths", self.lengths), ("labels", self.labels)):
+            data = np.asarray(values, dtype=np.int64)
+            if len(data):
+                f.create_dataset(key, data=data, chunks=(len(data),), fletcher32=True)
+            else:
+                f.create_dataset(key, data=data)
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["segments_json"] = json.dumps(self.segments)
         f.attrs["sources_json"] = json.dumps(self.sources)
@@ -155,35 +337,89 @@ class ShardWriter:
         f.attrs["skipped_json"] = json.dumps(self.skipped)
         f.attrs["complete"] = True
         f.close()
+        self._io.finish()
+        self._closed = True
+        self._check_io()
         os.replace(self.tmp, self.path)
         return shard_entry(self.path)
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
         try:
-            self._file.close()
+            if not self._closed:
+                self._closed = True
+                try:
+                    self._file.close()
+                finally:
+                    self._io.finish()
         finally:
             self.tmp.unlink(missing_ok=True)
 
 
 def shard_entry(path: Path) -> dict[str, Any]:
-    """Summary of a complete shard, as stored in the manifest and used to resume."""
-    with h5py.File(path, "r") as f:
-        if not f.attrs.get("complete", False):
-            raise CttlstmError(f"{path} is not a complete shard")
-        lengths = f["lengths"][()]
-        return {
-            "file": path.name,
-            "videos": int(len(lengths)),
-            "frames": int(lengths.sum()),
-            "sources": json.loads(f.attrs["sources_json"]),
-            "consumed": json.loads(f.attrs["consumed_json"]),
-            "skipped": json.loads(f.attrs["skipped_json"]),
-            "labels": [int(x) for x in f["labels"][()]],
-        }
+    """Summary of a complete shard, as stored in the manifest and used to resume.
+
+    Includes the file's size (``bytes``) and ``sha256``, which the manifest records so
+    that any later change to the file is found (:func:`cttlstm_cli.data.verify.verify_dataset`).
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                raise CttlstmError(f"{path} is not a complete shard")
+            lengths = f["lengths"][()]
+            entry = {
+                "file": path.name,
+                "videos": int(len(lengths)),
+                "frames": int(lengths.sum()),
+                "sources": json.loads(f.attrs["sources_json"]),
+                "consumed": json.loads(f.attrs["consumed_json"]),
+                "skipped": json.loads(f.attrs["skipped_json"]),
+                "labels": [int(x) for x in f["labels"][()]],
+            }
+    except READ_ERRORS as err:
+        raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
+    entry["bytes"] = path.stat().st_size
+    entry["sha256"] = file_sha256(path)
+    return entry
+
+
+def shard_checksums(manifest: dict[str, Any], split: str) -> dict[str, dict[str, Any]]:
+    """``{file: {"bytes": n, "sha256": hex}}`` the manifest records for ``split`` (empty for old datasets)."""
+    return dict(manifest.get("splits", {}).get(split, {}).get("checksums") or {})
+
+
+def check_shard_file(path: Path, recorded: dict[str, Any] | None = None) -> None:
+    """Cheap checks before reading a shard: it exists and has the size the manifest recorded.
+
+    Raises :class:`ShardError`. The size catches a truncated or overwritten-at-the-end file
+    without reading it; content is checked by fletcher32 on read and sha256 in verify.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise shard_error(path, "is missing") from None
+    except OSError as err:
+        raise shard_error(path, f"cannot be read ({err.strerror})") from None
+    want = (recorded or {}).get("bytes")
+    if want is not None and size != int(want):
+        what = "truncated" if size < int(want) else "changed"
+        raise shard_error(path, f"is damaged ({what}: {size:,} bytes, the manifest records {int(want):,})")
+
+
+def open_shard(path: Path) -> h5py.File:
+    """Open a shard for reading; any failure is a :class:`ShardError` naming the file."""
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise shard_error(path, "is missing") from None
+    except READ_ERRORS as err:
+        raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
 
 
 def read_shard_index(path: Path) -> tuple[np.ndarray, np.ndarray, list[list[list[int]] | None]]:
-    """(lengths, labels, segments) of a shard, without reading any frames."""
-    with h5py.File(path, "r") as f:
-        return f["lengths"][()], f["labels"][()], json.loads(f.attrs["segments_json"])
+    """(lengths, labels, segments) of a shard, without reading any frames; a :class:`ShardError` if unreadable."""
+    with open_shard(path) as f:
+        try:
+            return f["lengths"][()], f["labels"][()], json.loads(f.attrs["segments_json"])
+        except READ_ERRORS as err:
+            raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
