@@ -54,23 +54,41 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def no_space_error(err: BaseException, path: str | Path | None = None, advice: str = "") -> CttlstmError | None:
-    """The one-line CttlstmError for ``err`` when it says the disk is full, else None.
+def write_bytes_durably(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` and fsync it: a full disk shows up here (some file systems
+    only report it when the data reaches the disk), not later as a silently short file."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
-    ENOSPC, EDQUOT and EFBIG all read ``no space left on device writing PATH (ENOSPC)``, the
-    errno in brackets telling which; ``path`` (default: the error's own file name) names
-    the file the write was for; ``advice`` (what is kept, how to go on) follows after "; ".
+
+class NoSpaceError(CttlstmError):
+    """A write found no room: ``no space left on device writing PATH (ENOSPC)``.
+
+    ``path`` is the file the write was for, ``errno`` which of :data:`NO_SPACE_ERRNOS` it was,
+    ``advice`` (optional) what is kept and how to go on, after "; " in the same line.
+    """
+
+    def __init__(self, path: str | Path, err_no: int, advice: str = "") -> None:
+        self.path, self.errno, self.advice = path, err_no, advice
+        message = f"no space left on device writing {path} ({NO_SPACE_ERRNOS.get(err_no, 'ENOSPC')})"
+        super().__init__(f"{message}; {advice}" if advice else message)
+
+
+def no_space_error(err: BaseException, path: str | Path | None = None, advice: str = "") -> NoSpaceError | None:
+    """The one-line :class:`NoSpaceError` for ``err`` when it says the disk is full, else None.
+
+    ``path`` (default: the error's own file name) names the file the write was for.
     """
     if not isinstance(err, OSError) or err.errno not in NO_SPACE_ERRNOS:
         return None
-    where = path if path is not None else (err.filename or "a file")
-    message = f"no space left on device writing {where} ({NO_SPACE_ERRNOS[err.errno]})"
-    return CttlstmError(f"{message}; {advice}" if advice else message)
+    return NoSpaceError(path if path is not None else (err.filename or "a file"), err.errno, advice)
 
 
 @contextmanager
 def no_space_as_error(path: str | Path | None = None, advice: str = "") -> Iterator[None]:
-    """Re-raise a full-disk ``OSError`` from the block as :func:`no_space_error`'s CttlstmError.
+    """Re-raise a full-disk ``OSError`` from the block as :func:`no_space_error`'s :class:`NoSpaceError`.
 
     Any other exception passes unchanged, so callers that expect ``OSError`` for other
     failures keep working.

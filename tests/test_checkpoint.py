@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pickle
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from cttlstm_cli import load_model
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import create_model
-from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
+from cttlstm_cli.models import checkpoint as checkpoint_module
+from cttlstm_cli.atomic import NoSpaceError
+from cttlstm_cli.models.checkpoint import CheckpointRefusedError, load_model_and_recipe, read_checkpoint, save_checkpoint
 from cttlstm_cli.models.convrnn import ConvRNNConfig
 from cttlstm_cli.recipe import Recipe
 
@@ -101,6 +106,57 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path: Path) -> None:
     torch.save({"model_state_dict": {}, "payload": Evil()}, path, )
     with pytest.raises(CttlstmError, match="refused to load"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    "message,reference",
+    [
+        ("Unsupported global: GLOBAL __main__.Evil was not an allowed global by default. Please use ...", "__main__.Evil"),
+        ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked.", "posix.system"),
+        ("Trying to call reduce for unrecognized function <built-in function system> which belongs to <module 'posix'>", "<built-in function system>"),
+        ("Can only build Tensor, Parameter, OrderedDict or types allowlisted via `add_safe_globals`, but got <class 'x.Y'>", "<class 'x.Y'>"),
+    ],
+)
+def test_every_wording_of_a_code_reference_is_refused_not_called_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, message: str, reference: str
+) -> None:
+    """The torch versions word a refused global differently; each is "references code", never "corrupt"."""
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"PK")
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(f"Weights only load failed. ... weights_only ... \n\n{message}\n\nCheck the documentation")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointRefusedError) as caught:
+        read_checkpoint(path)
+    assert str(caught.value) == f"{path}: refused to load: it references code ({reference}), and checkpoints may hold only tensors and plain data"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_keeps_the_checkpoints_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ENOSPC (the temporary file is /dev/full): one line, the temporary file gone, last.pt
+    and previous.pt as they were (last.pt becomes previous.pt only once the new one is complete)."""
+    recipe = Recipe(model=ConvRNNConfig(cell="convlstm", **SMALL))
+    model = create_model(recipe.model)
+    last, previous = tmp_path / "run" / "last.pt", tmp_path / "run" / "previous.pt"
+    save_checkpoint(last, model, recipe, step=1)
+    save_checkpoint(last, model, recipe, keep_previous_as=previous, step=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    real_atomic_path = checkpoint_module.atomic_path
+
+    @contextmanager
+    def onto_dev_full(path):
+        with real_atomic_path(path) as tmp:
+            tmp.symlink_to("/dev/full")  # every write to it fails with ENOSPC
+            yield tmp
+
+    monkeypatch.setattr(checkpoint_module, "atomic_path", onto_dev_full)
+    with pytest.raises(NoSpaceError) as caught:
+        save_checkpoint(last, model, recipe, keep_previous_as=previous, step=3)
+    assert str(caught.value) == f"no space left on device writing {last} (ENOSPC)"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    assert read_checkpoint(last)["step"] == 2 and read_checkpoint(previous)["step"] == 1
 
 
 @pytest.mark.parametrize(

@@ -66,12 +66,17 @@ def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp
     assert "no prepared kth dataset" in one_line_error("kth", "--out", tmp_path / "b", "--set", f"data.path={tmp_path / 'no-such-data'}")
     # A run to collide with.
     assert cli("train", SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}", "--max-steps", "2", "--quiet").code == 0
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    def state() -> dict[str, object]:
+        # .lock is rewritten (with the same PID: these runs are all this process) by every train
+        # that takes the lock before it looks; its bytes must not change, the run's files not at all.
+        return {p.name: p.read_bytes() if p.name == ".lock" else p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+
+    before = state()
     assert "already holds a run" in one_line_error(SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}")
     assert "recipe differs" in one_line_error(
         SMOKE, "--out", tmp_path / "run", "--resume", "--set", f"data.path={smoke_data}", "--set", "model.rank=2"
     )
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
+    assert state() == before
     assert "recipe not found" in one_line_error("nope.yaml")
     assert "train.lr" in one_line_error(SMOKE, "--set", "train.lr=-1")
 

@@ -101,7 +101,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
     last = read_checkpoint(tmp_path / "run" / "last.pt")
     assert last["step"] == 24 and last["epoch"] == 3 and "optimizer" in last and "rng" in last
     assert best["epoch"] == result.best_epoch + 1
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl", "previous.pt", "recipe.yaml"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl", "previous.pt", "recipe.yaml"]
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
@@ -290,7 +290,7 @@ def test_compile_option_trains_like_eager(tmp_path: Path, monkeypatch: pytest.Mo
     for (name, a), b in zip(eager.net.named_parameters(), compiled.net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert smoke(train__compile="true").train.compile is True
-    with pytest.raises(CttlstmError, match=r"train.compile: .*must be true, false, default, reduce-overhead or max-autotune \(got 'fastest'\)"):
+    with pytest.raises(CttlstmError, match=r"train.compile: .*must be true, false, default, reduce-overhead or max-autotune \(got '?fastest'?\)"):
         smoke(train__compile="fastest")
 
 

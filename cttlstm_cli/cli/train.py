@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -95,25 +98,45 @@ def train(
             from cttlstm_cli.errors import CttlstmError
 
             raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
+        from cttlstm_cli.training.runlock import check_unlocked
+
+        check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
     dev = open_device(device)
     # A model family that breaks the contract, or frames it cannot take, stop here, before any data
     # is prepared or written.
     create_model(cfg.model, cfg.data.channels).check_data(*cfg.data.frame_size, cfg.data.input_frames)
     train_set, val_set = open_training_data(cfg, console=console)
-    trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=console.print)
+
+    def log(line: str) -> None:
+        # The trainer's lines name paths, which rich would read as markup where they hold brackets,
+        # and each stays one line (not wrapped at the terminal's width), like the error lines.
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=log)
     if trainer.dist.is_main:
         where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
-        console.print(f"[bold]{cfg.name}[/]: {where}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}")
+        console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}", soft_wrap=True)
     result = trainer.fit(max_steps=max_steps)
     if not trainer.dist.is_main:
         return
     if result.interrupted:
         raise typer.Exit(130)
+    run = trainer.run
+    saved = [f"{path} ({label})" for path, label in ((run.best, "best"), (run.last, "last")) if path.is_file()]
     lines = [
         f"epochs {result.epochs}, optimizer steps {result.steps}",
         f"best validation loss {result.best_val_loss:.5f} (epoch {result.best_epoch + 1})" if result.best_epoch >= 0 else "no validation yet",
-        f"checkpoints: {trainer.run.best} (best), {trainer.run.last} (last)",
-        f"log: {trainer.run.metrics}",
-        f"next: cttlstm evaluate {result.run_dir}",
+        f"checkpoints: {', '.join(saved) or 'none'}",
+        f"log: {run.metrics}",
     ]
-    console.print(Panel("\n".join(lines), title=f"trained {cfg.name}", expand=False))
+    console.print(Panel(escape("\n".join(lines)), title=escape(f"trained {cfg.name}"), expand=False))
+    # Outside the panel and never wrapped, so that it copies and pastes as one command.
+    console.print(f"next: {next_command(run.root, run.best.is_file())}", soft_wrap=True, markup=False, highlight=False)
+
+
+def next_command(run_dir: Path, has_best: bool) -> str:
+    """The command that evaluates a finished run, quoted for a POSIX shell: the run directory
+    (its best.pt), or its last.pt when no validation has run yet (``--max-steps``) and there is no best.pt."""
+    target = run_dir if has_best else run_dir / "last.pt"
+    return f"cttlstm evaluate {shlex.quote(str(target))}"

@@ -11,7 +11,6 @@ a :class:`DownloadError`: one line naming the URL and the cause.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cttlstm_cli import __version__
+from cttlstm_cli.atomic import no_space_error
 from cttlstm_cli.errors import CttlstmError
 
 CHUNK = 1 << 16
@@ -154,11 +154,6 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
-def _is_disk_full(err: BaseException) -> bool:
-    """A write that found no room: full file system, disk quota, or file-size limit."""
-    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 class _Bar:
     """A rich progress bar for one file (no-op when disabled)."""
 
@@ -231,13 +226,9 @@ def _copy_stream(src: BinaryIO, part: Path, mode: str, h: hashlib._Hash, bar: _B
             out.flush()
             os.fsync(out.fileno())  # what the next run resumes from must really be on disk
     except OSError as err:
-        if _is_disk_full(err):
-            raise DownloadError(
-                f"no space left on device writing {part} ({errno.errorcode.get(err.errno, err.errno)}; "
-                f"{offset + done} bytes so far): free some space and run again to resume",
-                url,
-                offset + done,
-            ) from None
+        full = no_space_error(err, part, f"{offset + done} bytes so far; free some space and run again to resume")
+        if full is not None:
+            raise DownloadError(str(full), url, offset + done) from None
         raise DownloadError(f"cannot write {part}: {_describe(err)}", url, offset + done) from None
     return done
 

@@ -6,10 +6,16 @@ never run code. Our checkpoints are dicts with ``format``, ``model`` (state dict
 training adds optimizer and schedule state. Other formats (the authors' released
 Conv-TT-LSTM files, design §7) are read by the importers the families register
 (:func:`~cttlstm_cli.models.registry.register_importer`).
+
+Writes go to a temporary name and are renamed when complete; a full disk (or a file-size
+limit) is one :class:`~cttlstm_cli.atomic.NoSpaceError` line, with the temporary file removed and every file
+that was there before left as it was.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import re
 import warnings
@@ -20,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cttlstm_cli.atomic import atomic_path
+from cttlstm_cli.atomic import atomic_path, no_space_as_error, write_bytes_durably
 from cttlstm_cli.errors import CttlstmError, RecipeNotice
 from cttlstm_cli.models.interface import VideoModel, unwrap
 from cttlstm_cli.models.registry import create_model, importers
@@ -28,15 +34,32 @@ from cttlstm_cli.recipe import Recipe, recipe_from_dict
 
 CHECKPOINT_FORMAT = "cttlstm-checkpoint-v1"
 
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary name beside ``path``, then rename: readers never see half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+class CheckpointRefusedError(CttlstmError):
+    """A checkpoint references code (a pickled class or function); it is refused, never run."""
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, recipe: Recipe, **extra: Any) -> None:
-    """Write a checkpoint that :func:`load_model` reads back into the same network."""
+def atomic_save(obj: Any, path: str | Path, keep_previous_as: str | Path | None = None) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename: readers never see half a file.
+
+    With ``keep_previous_as``, an existing ``path`` is renamed to it once the new file is
+    complete, so a failed write (a full disk: :class:`~cttlstm_cli.atomic.NoSpaceError`) leaves both files as
+    they were and removes the temporary one.
+    """
+    path = Path(path)
+    # Serialized in memory first: torch's zip writer reports a failed write as an untyped
+    # RuntimeError ("unexpected pos ...") that cannot be told from a bug, and ordinary file
+    # writes give the errno. The copy costs the checkpoint's size in host memory, briefly.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with no_space_as_error(path), atomic_path(path) as tmp:
+        write_bytes_durably(tmp, buffer.getbuffer())
+        if keep_previous_as is not None and path.exists():
+            os.replace(path, keep_previous_as)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, recipe: Recipe, keep_previous_as: str | Path | None = None, **extra: Any) -> None:
+    """Write a checkpoint that :func:`load_model` reads back into the same network; ``extra``
+    entries join the dict (training state). ``keep_previous_as``: see :func:`atomic_save`."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
@@ -44,7 +67,24 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, recipe: Recipe, **
         "image_channels": unwrap(model).image_channels,
         **extra,
     }
-    atomic_save(payload, path)
+    atomic_save(payload, path, keep_previous_as)
+
+
+#: what torch's weights-only unpickler says when a file names a class or function (torch 2.4 .. 2.13)
+_CODE_REFERENCE = (
+    re.compile(r"GLOBAL (\S+)"),  # "Unsupported global: GLOBAL x.y ..." / "unsupported GLOBAL x.y whose module x is blocked"
+    re.compile(r"unrecognized function (.+?)(?: which belongs|$)", re.MULTILINE),
+    re.compile(r"(?:create new object for|Can only build) .*? but got (.+?)$", re.MULTILINE),
+)
+
+
+def _code_reference(message: str) -> str | None:
+    """The class or function a refused pickle names, or None when the failure is something else."""
+    for pattern in _CODE_REFERENCE:
+        found = pattern.search(message)
+        if found:
+            return found.group(1).rstrip(".")
+    return None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -55,10 +95,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            raise CttlstmError(
-                f"{path}: refused to load: it references code ({found.group(1)}), and checkpoints may hold only tensors and plain data"
+        code = _code_reference(str(err))
+        if code is not None:
+            raise CheckpointRefusedError(
+                f"{path}: refused to load: it references code ({code}), and checkpoints may hold only tensors and plain data"
             ) from None
         raise CttlstmError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint)") from None
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere inside the unpickler
@@ -120,12 +160,44 @@ def load_model_and_recipe(path: str | Path, device: str | torch.device = "cpu") 
     if any(torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all()) for t in state.values()):
         raise CttlstmError(f"{path}: holds non-finite weights (NaN or infinity), as a diverged run leaves; use an earlier checkpoint")
     model = create_model(cfg, channels)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        raise CttlstmError(f"{path}: weights do not fit the model ({lines[1].strip() if len(lines) > 1 else err})") from None
+    problem = state_dict_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # dtype or other trouble the key/shape check cannot see
+            problem = str(err).strip().splitlines()[-1].strip()
+    if problem is not None:
+        described = f"the {model_description(cfg.model_dump())} model its recipe describes" if recipe is not None else f"a {cfg.arch} model"
+        raise CttlstmError(f"{path}: the weights do not fit {described}: {problem}")
     return model.to(device).eval(), recipe
+
+
+def model_description(model: Mapping[str, Any]) -> str:
+    """A recipe's ``model`` section in a few words: the family, and the cell for the conv-RNN family."""
+    arch = str(model.get("arch") or "convrnn")
+    cell = model.get("cell")
+    return f"{arch} ({cell})" if cell else arch
+
+
+def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
+    """How ``state`` fails to fit ``model`` in one line (counts and a first example), or None if it fits.
+
+    ``load_state_dict`` would say it in a line per tensor, which for a checkpoint of another
+    width or family is dozens of lines.
+    """
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} tensor(s) of another shape (e.g. {k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in the model)")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
 
 
 def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -5,6 +5,10 @@ good ``previous.pt``), ``best.pt`` (chosen on validation loss, never test data),
 ``metrics.jsonl`` and, when tensorboard is installed, event files. Checkpoints are
 written atomically every ``train.checkpoint_every`` optimizer steps, at every epoch
 end and on Ctrl-C; ``resume=True`` continues exactly where ``last.pt`` left off.
+
+One process writes a run directory at a time: the trainer holds ``.lock`` in it
+(:mod:`cttlstm_cli.training.runlock`) from construction until :meth:`Trainer.fit`
+returns (or :meth:`Trainer.close`); under DDP only rank 0 takes it.
 """
 
 from __future__ import annotations
@@ -30,17 +34,29 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cttlstm_cli.atomic import write_text_atomic
+from cttlstm_cli.atomic import NoSpaceError, no_space_as_error, write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint, stored_recipe
+from cttlstm_cli.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointRefusedError,
+    model_description,
+    read_checkpoint,
+    save_checkpoint,
+    state_dict_mismatch,
+    stored_recipe,
+)
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
+from cttlstm_cli.training.runlock import RunLock
 from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
+
+#: what a checkpoint needs to continue training from it
+TRAINING_KEYS = {"model", "optimizer", "schedule", "epoch", "step", "position", "rng"}
 
 
 class DivergedError(CttlstmError):
@@ -73,6 +89,19 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    @property
+    def checkpoints(self) -> tuple[Path, ...]:
+        """The checkpoints ``--resume`` may continue from, in the order it tries them."""
+        return (self.last, self.previous, self.best)
+
+    def has_checkpoint(self) -> bool:
+        """Whether any checkpoint exists (a run that got that far is never started over)."""
+        return any(p.exists() for p in self.checkpoints)
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files of atomic writes cut short by a kill (``.last.tmp-<pid>.pt`` and the like)."""
+        return sorted(p for p in self.root.glob(".*.tmp-*") if p.is_file())
+
 
 @dataclass
 class TrainResult:
@@ -94,8 +123,10 @@ def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
 
 
 def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
-    """The most recent ``runs/<recipe>-*`` holding a checkpoint, for ``--resume`` without ``--out``."""
-    runs = [p for p in root.glob(f"{recipe.name}-*") if (p / "last.pt").exists() or (p / "previous.pt").exists()]
+    """The most recent ``runs/<recipe>-*`` holding a run (a recipe or a checkpoint), for ``--resume``
+    without ``--out``; a run stopped before its first checkpoint counts, as it resumes from step 0."""
+    run_files = ("recipe.yaml", "last.pt", "previous.pt", "best.pt")
+    runs = [p for p in root.glob(f"{recipe.name}-*") if any((p / name).exists() for name in run_files)]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
@@ -239,16 +270,48 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.notes: list[str] = []
         self._tensorboard = None
-        self._prepare_run_dir(resume)
+        self._lock = RunLock(self.run.root)
+        self._locked = False  # on every rank: whether rank 0 holds the lock for this trainer
+        if resume and not self.run.recipe.is_file():  # before the lock, which would create the folder
+            raise CttlstmError(f"--resume: {self.run.root} holds no run (no recipe.yaml)")
+        try:
+            with self._disk_full_context():
+                self._take_lock()
+                self._prepare_run_dir(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (:meth:`fit` does it when it returns); idempotent."""
+        self._lock.release()
+        self._locked = False
+
+    def _take_lock(self) -> None:
+        """Rank 0 locks the run directory; every rank learns whether it could, so that a refused
+        rank 0 never leaves the others waiting in a collective."""
+        error: CttlstmError | None = None
+        if self.dist.is_main:
+            try:
+                self._lock.acquire()
+            except CttlstmError as err:
+                error = err
+        if self.dist.world > 1:
+            refused = self.dist.all_sum(torch.tensor([0.0 if error is None else 1.0]))
+            if error is None and float(refused[0]) > 0:
+                error = CttlstmError(f"rank 0 could not lock {self.run.root} (see its message); no rank trains")
+        if error is not None:
+            raise error
+        self._locked = True
 
     # -- run directory -------------------------------------------------------------------------
 
     def _prepare_run_dir(self, resume: bool) -> None:
+        """Check the run directory against the recipe and make it ready: load the checkpoint to
+        resume, or write the recipe of a new run. Runs with the lock held (rank 0)."""
         run = self.run
         current = self.recipe.to_dict()
         if resume:
-            if not run.recipe.is_file():
-                raise CttlstmError(f"--resume: {run.root} holds no run (no recipe.yaml)")
             stored = yaml.safe_load(run.recipe.read_text()) or {}
             try:  # in today's keys, so that a run begun before a key was renamed still resumes
                 stored = stored_recipe(stored, str(run.recipe)).to_dict()
@@ -258,34 +321,72 @@ class Trainer:
             if diff:
                 raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")
             self._load_last()
+            self._remove_stale_temporaries()
             return
-        if run.root.exists() and any(p.exists() for p in (run.recipe, run.last, run.previous, run.best)):
+        if run.has_checkpoint():
             raise CttlstmError(f"--out {run.root} already holds a run; pass --resume to continue it or choose another --out")
+        # A folder with a recipe or a log but no checkpoint is a run stopped before its first
+        # checkpoint: nothing in it is worth keeping, and it is not locked (we hold the lock).
+        partial = [p.name for p in (run.recipe, run.metrics) if p.exists()] + [p.name for p in run.root.glob("events.out.tfevents.*")]
+        if partial:
+            self._note(f"{run.root} holds a run that stopped before its first checkpoint; starting afresh over it ({', '.join(partial)} replaced)")
         self.dist.barrier()  # every rank has looked before rank 0 writes
         if self.dist.is_main:
-            write_text_atomic(run.recipe, yaml.safe_dump(current, sort_keys=False))
+            with no_space_as_error(run.recipe):
+                write_text_atomic(run.recipe, yaml.safe_dump(current, sort_keys=False))
+            run.metrics.unlink(missing_ok=True)
+            for events in run.root.glob("events.out.tfevents.*"):
+                events.unlink(missing_ok=True)
+            self._remove_stale_temporaries()
         self.dist.barrier()
 
+    def _note(self, line: str) -> None:
+        self.notes.append(line)
+        self.log(f"note: {line}")
+
+    def _remove_stale_temporaries(self) -> None:
+        # Holding the lock, no other writer can be half-way through a write here.
+        if self.dist.is_main and self.run.root.is_dir():
+            for tmp in self.run.stale_temporaries():
+                tmp.unlink(missing_ok=True)
+
     def _load_last(self) -> None:
+        """Load the newest usable checkpoint: ``last.pt``, else ``previous.pt``, else ``best.pt``;
+        with none at all (a run stopped before its first one) start from step 0."""
+        candidates = [p for p in self.run.checkpoints if p.exists()]
+        if not candidates:
+            self._note(f"{self.run.root} holds no checkpoint yet (the run stopped before its first one); starting from step 0 with its stored recipe")
+            self._truncate_metrics(0)
+            return
         data = None
-        for path in (self.run.last, self.run.previous):
-            if not path.exists():
-                continue
+        for i, path in enumerate(candidates):
             try:
                 data = read_checkpoint(path)
-                if data.get("format") != CHECKPOINT_FORMAT or "optimizer" not in data:
-                    raise CttlstmError(f"{path}: not a training checkpoint")
+                missing = TRAINING_KEYS - set(data)
+                if data.get("format") != CHECKPOINT_FORMAT or missing:
+                    raise CttlstmError(f"{path}: not a training checkpoint" + (f" (no {', '.join(sorted(missing))})" if missing else ""))
+            except CheckpointRefusedError:
+                raise  # not ours to skip quietly: someone put it there
             except CttlstmError as err:
-                self.notes.append(f"{path.name} is unusable ({err}); falling back to the previous checkpoint")
+                after = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no other checkpoint to fall back to"
+                self.notes.append(f"{path.name} is unusable ({err}); {after}")
                 self.log(f"warning: {self.notes[-1]}")
                 data = None
                 continue
             self.resumed_from = path
             break
         if data is None:
-            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} (last.pt and previous.pt missing or corrupt)")
+            names = " and ".join(p.name for p in candidates)
+            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} ({names} unreadable or not training checkpoints)")
+        path = self.resumed_from
+        assert path is not None
+        self._check_same_model(path, data)
         self.net.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CttlstmError(f"--resume: {path}: its optimizer state does not fit the recipe's optimizer ({first})") from None
         if self.scaler is not None and data.get("scaler"):
             self.scaler.load_state_dict(data["scaler"])
         self.schedule.load_state_dict(data["schedule"])
@@ -293,12 +394,41 @@ class Trainer:
         set_rng_state(data["rng"])
         self._truncate_metrics(self.step)
 
+    def _check_same_model(self, path: Path, data: dict[str, Any]) -> None:
+        """Refuse, in one line, a checkpoint of another model family, width or frame channels
+        (one copied into the run folder by hand): load_state_dict would print a line per tensor."""
+        want = self.recipe.to_dict()
+        raw = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
+        try:
+            stored = stored_recipe(raw, f"{path} (stored recipe)").to_dict()
+        except CttlstmError:
+            stored = raw
+        held, asked = stored.get("model") or {}, want["model"]
+        wrong = f"--resume: {path} is not a checkpoint of this run: it holds"
+        advice = "put the run's own checkpoint back, or start a new run with another --out"
+        if model_description(held) != model_description(asked):
+            raise CttlstmError(f"{wrong} a {model_description(held)} model, but the recipe asks for a {model_description(asked)} model; {advice}")
+        diff = recipe_difference(held, asked, "model.") if isinstance(held, dict) else "model"
+        if diff:
+            key = diff.split(".")[1:]
+            raise CttlstmError(
+                f"{wrong} a {model_description(asked)} model with {diff} = {_dig(held, key)}, "
+                f"but the recipe asks for {diff} = {_dig(asked, key)}; {advice}"
+            )
+        channels = data.get("image_channels")
+        if channels is not None and int(channels) != int(self.net.image_channels):
+            raise CttlstmError(f"{wrong} a model of {channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}")
+        problem = state_dict_mismatch(self.net, data["model"])
+        if problem is not None:
+            raise CttlstmError(f"--resume: {path}: the weights do not fit the recipe's {model_description(asked)} model: {problem}")
+
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
         if not self.dist.is_main or not self.run.metrics.exists():
             return
-        keep = [ln for ln in self.run.metrics.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        write_text_atomic(self.run.metrics, "".join(ln + "\n" for ln in keep))
+        keep = [ln for ln in self.run.metrics.read_text().splitlines() if _is_record(ln) and json.loads(ln).get("step", 0) <= step]
+        with no_space_as_error(self.run.metrics):
+            write_text_atomic(self.run.metrics, "".join(ln + "\n" for ln in keep))
 
     def save(self, path: Path | None = None) -> None:
         """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``; refuses
@@ -317,16 +447,31 @@ class Trainer:
             rng=rng_state(),
         )
         if path is None:
-            path = self.run.last
-            if path.exists():
-                os.replace(path, self.run.previous)
-        save_checkpoint(path, self.net, self.recipe, **extra)
+            # last.pt becomes previous.pt only once the new last.pt is complete: a failed write
+            # (a full disk) keeps both as they were.
+            save_checkpoint(self.run.last, self.net, self.recipe, keep_previous_as=self.run.previous, **extra)
+        else:
+            save_checkpoint(path, self.net, self.recipe, **extra)
 
     def write_metrics(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl``; a line that cannot be written whole is taken
+        back out, so the log never ends in half a record."""
         if not self.dist.is_main:
             return
-        with self.run.metrics.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode()
+        with no_space_as_error(self.run.metrics):
+            fd = os.open(self.run.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                rest = memoryview(line)
+                try:
+                    while rest:  # a write may be short just before the disk (or file-size limit) is full
+                        rest = rest[os.write(fd, rest) :]
+                except OSError:
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
         if self._tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -395,9 +540,19 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> TrainResult:
         """Train until ``train.epochs`` (or ``max_steps`` optimizer steps, for tests)."""
         cfg = self.recipe.train
-        steps_per_epoch = self.steps_per_epoch()
-        if steps_per_epoch == 0:
-            raise CttlstmError(f"train.epoch_clips ({cfg.epoch_clips}) is smaller than one batch per process ({cfg.batch_size} x {self.dist.world})")
+        if not self._locked:  # a second fit() of this trainer
+            self._take_lock()
+        try:
+            steps_per_epoch = self.steps_per_epoch()
+            if steps_per_epoch == 0:
+                raise CttlstmError(f"train.epoch_clips ({cfg.epoch_clips}) is smaller than one batch per process ({cfg.batch_size} x {self.dist.world})")
+            with self._disk_full_context():
+                return self._fit(steps_per_epoch, max_steps)
+        finally:
+            self.close()
+
+    def _fit(self, steps_per_epoch: int, max_steps: int | None) -> TrainResult:
+        cfg = self.recipe.train
         self._open_tensorboard()
         self.model.train()
         interrupted = False
@@ -434,11 +589,33 @@ class Trainer:
             notes=self.notes,
         )
 
-    def _diverged(self, what: str) -> DivergedError:
+    def _last_saved_step(self) -> int | None:
         try:
-            kept = f"{self.run.last} (step {read_checkpoint(self.run.last)['step']}) is kept, nothing later was saved"
+            return int(read_checkpoint(self.run.last)["step"])
+        except (CttlstmError, KeyError, TypeError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def _disk_full_context(self) -> Iterator[None]:
+        """Add to a :class:`NoSpaceError` what is kept and how to go on, in the same one line."""
+        try:
+            yield
+        except NoSpaceError as err:
+            if err.advice:
+                raise
+            step = self._last_saved_step()
+            if step is not None:
+                advice = f"{self.run.last} (step {step}) and the other checkpoints already written are kept; free some space, then continue with --resume"
+            else:
+                advice = "no checkpoint was written yet; free some space, then run the same command again (it starts the run afresh)"
+            raise NoSpaceError(err.path, err.errno, advice) from None
+
+    def _diverged(self, what: str) -> DivergedError:
+        step = self._last_saved_step()
+        if step is not None:
+            kept = f"{self.run.last} (step {step}) is kept, nothing later was saved"
             then = "start a new run, or --resume from the kept checkpoint"
-        except CttlstmError:
+        else:
             kept, then = "no checkpoint was written", "start a new run"
         return DivergedError(
             f"training diverged: {what}; {kept}. Likely cause: a learning rate too high for this model "
@@ -543,3 +720,19 @@ class Trainer:
         if improved:
             self.save(self.run.best)
         self.save()
+
+
+def _is_record(line: str) -> bool:
+    """A whole JSON line of the log (a run killed inside a write can leave a partial last line)."""
+    if not line.strip():
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _dig(tree: Any, keys: list[str]) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
