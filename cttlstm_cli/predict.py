@@ -12,22 +12,35 @@ converted to the models' frame size and channels, or a clip of a prepared test s
 
 Several checkpoints predict from the same context frames (:func:`predict_models`); they must
 agree on frame size and channels, and :func:`render` puts their predictions side by side.
+
+A prediction is prepared first (:func:`prepare_prediction`: checkpoints loaded, clip read, window
+chosen), then checked to fit in memory (:meth:`PredictionJob.check_memory`: the predicted frames
+and the animation grow with ``steps``; a job that cannot fit is refused in one line saying how
+many steps would), then run (:meth:`PredictionJob.run`), reporting each predicted frame to an
+optional ``progress`` callback.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import VideoModel
+from cttlstm_cli.models.interface import RecurrentVideoModel
 from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.rendering import composed_shape, printable
+from cttlstm_cli.training import memory
+
+#: ``progress(phase, done, total)``: which model is predicting and how many of its frames are done
+ProgressCallback = Callable[[str, int, "int | None"], None]
 
 #: frame size assumed for checkpoints without a recipe (the authors' Moving-MNIST models)
 DEFAULT_AUTHORS_SIZE = (64, 64)
@@ -80,6 +93,21 @@ class LoadedModel:
     model: VideoModel
     recipe: Recipe | None
     checkpoint: Path
+    summary: str = ""  # what the checkpoint is: its training step, epoch and validation loss (checkpoint_summary)
+
+
+def checkpoint_summary(data: dict[str, Any]) -> str:
+    """A few words on a checkpoint read by :func:`~cttlstm_cli.models.checkpoint.read_checkpoint`:
+    ``step 2000, epoch 3, best validation loss 0.01234``, or what it is when training left no record."""
+    from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT
+
+    if data.get("format") != CHECKPOINT_FORMAT:
+        return "foreign format, no training record"
+    parts = [f"{key} {data[key]}" for key in ("step", "epoch") if isinstance(data.get(key), int)]
+    best = (data.get("schedule") or {}).get("best_loss") if isinstance(data.get("schedule"), dict) else None
+    if isinstance(best, float) and np.isfinite(best):
+        parts.append(f"best validation loss {best:.5f}")
+    return ", ".join(parts) or "weights only, no training record"
 
 
 def newest_checkpoint(root: str | Path = "runs") -> Path:
@@ -125,7 +153,8 @@ def panel_labels(names: Sequence[str], checkpoints: Sequence[str | Path]) -> lis
     for name, ckpt in zip(names, checkpoints):
         path = Path(ckpt)
         tag = path.parent.name if path.name == "best.pt" and path.parent.name else path.stem
-        labels.append(f"{name} ({tag})" if count[name] > 1 else name)
+        # printable: a label names an array in the .npz (stored as UTF-8) and titles a panel
+        labels.append(printable(f"{name} ({tag})") if count[name] > 1 else name)
     repeated = Counter(labels)
     return [f"{label} #{i + 1}" if repeated[label] > 1 else label for i, label in enumerate(labels)]
 
@@ -148,6 +177,40 @@ def choose_window(frames: int, context: int, steps: int, start: int | None = Non
 
 
 @torch.no_grad()
+def rollout(
+    model: VideoModel, context: torch.Tensor, steps: int, progress: Callable[[int], None] | None = None
+) -> torch.Tensor:
+    """The ``steps`` frames ``model`` predicts after ``context [1, I, C, H, W]``, ``[steps, C, H, W]``:
+    what ``model(context, future_frames=steps)[0]`` returns.
+
+    A recurrent model is advanced through its own ``prefix`` (the context) and ``step`` (each
+    prediction fed back), the free-running path of its ``forward``, so that every frame lands in
+    one preallocated buffer as it is made (collecting and stacking them would hold two copies)
+    and ``progress(k)`` hears of each of the ``steps`` frames. Any other model predicts in one call.
+    """
+    if not isinstance(model, RecurrentVideoModel):
+        out = model(context, future_frames=steps)[0]
+        if progress is not None:
+            progress(steps)
+        return out
+    _, frames, _, height, width = context.shape
+    state = model.init_state(1, height, width, context.device, context.dtype)
+    if frames > 1:
+        outputs, state = model.prefix(context, state)
+        frame = outputs[:, -1]
+    else:
+        frame, state = model.step(context[:, 0], state)
+    out = torch.empty((steps, *frame.shape[1:]), dtype=frame.dtype, device=frame.device)
+    for k in range(steps):
+        if k:
+            frame, state = model.step(frame, state)
+        out[k] = frame[0]
+        if progress is not None:
+            progress(k + 1)
+    return out
+
+
+@torch.no_grad()
 def predict_frames(
     model: VideoModel,
     frames: np.ndarray,
@@ -155,15 +218,17 @@ def predict_frames(
     steps: int,
     start: int | None = None,
     device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> Prediction:
-    """Predict ``steps`` frames after a context taken from uint8 ``frames [T, H, W, C]``."""
+    """Predict ``steps`` frames after a context taken from uint8 ``frames [T, H, W, C]``
+    (``progress(k)`` after each predicted frame, see :func:`rollout`)."""
     if not model.predicts_frames:
         raise CttlstmError(f"{model.name} classifies activities and predicts no frames; predict needs a frame-prediction model")
     start, has_truth = choose_window(int(frames.shape[0]), context, steps, start)
     ctx = frames[start : start + context]
     x = torch.from_numpy(np.array(ctx, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
     device = torch.device(device)
-    pred = model.to(device).eval()(x[None].to(device), future_frames=steps)[0]
+    pred = rollout(model.to(device).eval(), x[None].to(device), steps, progress)
     truth = frames[start + context : start + context + steps] if has_truth else None
     return Prediction(ctx, pred.float().cpu().numpy(), truth, start, int(frames.shape[0]))
 
@@ -175,12 +240,22 @@ def predict_models(
     steps: int,
     start: int | None = None,
     device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
 ) -> MultiPrediction:
-    """Every model's ``steps`` predicted frames after the same context of uint8 ``frames [T, H, W, C]``."""
+    """Every model's ``steps`` predicted frames after the same context of uint8 ``frames [T, H, W, C]``
+    (``progress("predicting with LABEL", k, steps)`` after each frame)."""
     _refuse_classifiers(models)
-    results = [predict_frames(m.model, frames, context, steps, start, device) for m in models]
-    first = results[0]
     labels = panel_labels([m.model.name for m in models], [m.checkpoint for m in models])
+    results = []
+    for m, label in zip(models, labels):
+        phase = f"predicting with {label}"
+
+        def report(done: int, phase: str = phase) -> None:
+            if progress is not None:
+                progress(phase, done, steps)
+
+        results.append(predict_frames(m.model, frames, context, steps, start, device, report))
+    first = results[0]
     return MultiPrediction(
         first.context, labels, [r.predictions for r in results], first.truth, first.start, first.clip_frames,
         [m.checkpoint for m in models],
@@ -200,10 +275,15 @@ def _refuse_classifiers(models: Sequence[LoadedModel]) -> None:
 
 def load_models(checkpoints: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
     """Load every checkpoint (file or run directory, see :func:`resolve_checkpoint_path`)."""
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
+    from cttlstm_cli.models.checkpoint import load_model_and_recipe, read_checkpoint, resolve_checkpoint_path
 
     paths = [resolve_checkpoint_path(c) for c in checkpoints]
-    return [LoadedModel(*load_model_and_recipe(p, device), p) for p in paths]
+    loaded = []
+    for p in paths:
+        model, recipe = load_model_and_recipe(p, device)
+        # read again for the training record load_model_and_recipe does not return (a second read of a file just read)
+        loaded.append(LoadedModel(model, recipe, p, checkpoint_summary(read_checkpoint(p))))
+    return loaded
 
 
 def read_test_clip(
@@ -236,7 +316,100 @@ def read_test_clip(
     return frames, start, f"test clip {index} of {data_cfg.path} (video {video})"
 
 
-def predict_clip_models(
+@dataclass(frozen=True)
+class RolloutMemory:
+    """What predicting and rendering ``steps`` frames needs, in bytes: a part per frame of the
+    animation (context and predictions) and a fixed part, in host memory and, for a model on a
+    GPU, in GPU memory (see :meth:`PredictionJob.memory`)."""
+
+    device: torch.device
+    context: int
+    host_per_frame: int
+    host_fixed: int
+    device_per_frame: int = 0
+    device_fixed: int = 0
+
+    def need(self, steps: int) -> tuple[int, int]:
+        """``(host bytes, device bytes)`` for ``steps`` predicted frames."""
+        frames = self.context + steps
+        return self.host_fixed + frames * self.host_per_frame, self.device_fixed + frames * self.device_per_frame
+
+    def max_steps(self, host_available: int, device_available: int | None = None) -> int:
+        """The most steps that fit in :func:`~cttlstm_cli.training.memory.budget` of the memory available (0: none)."""
+        fits = [(memory.budget(host_available) - self.host_fixed) // max(self.host_per_frame, 1)]
+        if self.device_per_frame and device_available is not None:
+            fits.append((memory.budget(device_available) - self.device_fixed) // self.device_per_frame)
+        return max(0, int(min(fits)) - self.context)
+
+    def check(self, steps: int) -> None:
+        """Refuse, in one line saying how many steps would fit, ``steps`` that cannot fit in memory."""
+        host_free = memory.available_memory(torch.device("cpu"))
+        device_free = memory.available_memory(self.device) if self.device_per_frame else None
+        most = self.max_steps(host_free, device_free)
+        if steps <= most:
+            return
+        host, dev = self.need(steps)
+        hint = f"at most {most:,} steps fit" if most else "not even one step fits"
+        if device_free is not None and dev > memory.budget(device_free):
+            memory.require(f"--steps {steps:,}", dev, self.device, hint, device_free)
+        memory.require(f"--steps {steps:,}", host, torch.device("cpu"), hint, host_free)
+
+
+@dataclass
+class PredictionJob:
+    """One clip's context, ready to be predicted by every model (see :func:`prepare_prediction`)."""
+
+    models: list[LoadedModel]
+    frames: np.ndarray  # uint8 [T, H, W, C], the whole clip
+    context: int
+    steps: int
+    start: int | None
+    device: torch.device
+    source: str  # a description of the clip
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether the clip holds the ``steps`` frames after the context (shown as ground truth)."""
+        return choose_window(int(self.frames.shape[0]), self.context, self.steps, self.start)[1]
+
+    def memory(self, scale: int | None = None, error_panel: bool = True) -> RolloutMemory:
+        """The memory of predicting ``steps`` frames and rendering them as :func:`render` does at
+        ``scale`` with ``error_panel``, per frame of the animation:
+
+        * the predictions (float32 ``C x H x W`` per model), kept to the end, and on a GPU the one
+          model's output buffer there;
+        * the panels (uint8 RGB ``H x W`` each: ground truth, every model, every |error|), with the
+          float and int16 copies made while converting, and one panel zoomed by ``scale``;
+        * the composed animation frame, twice: the GIF and MP4 writers take a copy of the frames;
+
+        plus, fixed, the largest model's step (its activations and recurrent state at ``H x W``,
+        :func:`~cttlstm_cli.training.memory.step_activation_bytes`).
+        """
+        from cttlstm_cli.rendering import upscale_factor
+
+        _, h, w, c = self.frames.shape
+        n = len(self.models)
+        prediction = c * h * w * 4
+        rgb = h * w * 3
+        panels = (1 + n + (n if error_panel else 0)) if self.has_truth else n
+        zoom = scale or upscale_factor(h, w)
+        ch, cw = composed_shape(h, w, panels, zoom)
+        render = panels * rgb + 2 * prediction + 5 * rgb + zoom * zoom * rgb + 2 * ch * cw * 3
+        step = max(memory.step_activation_bytes(m.model, h, w) for m in self.models)
+        if self.device.type == "cuda":
+            return RolloutMemory(self.device, self.context, n * prediction + render, 0, prediction, step)
+        return RolloutMemory(self.device, self.context, n * prediction + render, step)
+
+    def check_memory(self, scale: int | None = None, error_panel: bool = True) -> None:
+        """Refuse, in one line, ``steps`` whose predictions and animation cannot fit (:meth:`memory`)."""
+        self.memory(scale, error_panel).check(self.steps)
+
+    def run(self, progress: ProgressCallback | None = None) -> MultiPrediction:
+        """Every model's predictions (:func:`predict_models`)."""
+        return predict_models(self.models, self.frames, self.context, self.steps, self.start, self.device, progress)
+
+
+def prepare_prediction(
     clip: str | Path | None,
     checkpoints: Sequence[str | Path] | None = None,
     steps: int = 10,
@@ -246,13 +419,14 @@ def predict_clip_models(
     device: torch.device | str = "cpu",
     test_clip: int | None = None,
     data: str | Path | None = None,
-) -> tuple[MultiPrediction, str]:
-    """Predict one clip with every checkpoint (files or run directories; default :func:`newest_checkpoint`).
+) -> PredictionJob:
+    """Load every checkpoint (files or run directories; default :func:`newest_checkpoint`), read the
+    clip and check the window: everything :func:`predict_clip_models` refuses, refused before any
+    prediction runs.
 
     The clip is the file ``clip``, or with ``test_clip`` N clip N of the first checkpoint's prepared
     test split (its recipe's ``data.path``, or ``data``; see :func:`read_test_clip`). The context
     length is ``context``, default the first recipe's ``data.input_frames`` (10 without a recipe).
-    Returns the predictions and a description of the clip.
     """
     from cttlstm_cli.data.video import VideoError, read_video
     from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
@@ -292,7 +466,29 @@ def predict_clip_models(
         except VideoError as err:
             raise CttlstmError(f"{clip}: {err}") from None
         source = str(clip)
-    return predict_models(models, frames, context, steps, start, device), source
+    choose_window(int(frames.shape[0]), context, steps, start)  # refuses a clip too short for the context
+    return PredictionJob(models, frames, context, steps, start, torch.device(device), source)
+
+
+def predict_clip_models(
+    clip: str | Path | None,
+    checkpoints: Sequence[str | Path] | None = None,
+    steps: int = 10,
+    context: int | None = None,
+    start: int | None = None,
+    size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    test_clip: int | None = None,
+    data: str | Path | None = None,
+) -> tuple[MultiPrediction, str]:
+    """Predict one clip with every checkpoint: :func:`prepare_prediction`, the memory check for
+    :func:`render`'s default animation, then the predictions.
+
+    Returns the predictions and a description of the clip.
+    """
+    job = prepare_prediction(clip, checkpoints, steps, context, start, size, device, test_clip, data)
+    job.check_memory()
+    return job.run(), job.source
 
 
 def predict_clip(
@@ -366,7 +562,8 @@ def render(prediction: Prediction | MultiPrediction, scale: int | None = None, e
 
 
 __all__ = [
-    "DEFAULT_AUTHORS_SIZE", "LoadedModel", "MultiPrediction", "Prediction", "choose_window", "common_frame_format",
-    "frame_format", "load_models", "newest_checkpoint", "panel_labels", "panel_titles", "predict_clip",
-    "predict_clip_models", "predict_frames", "predict_models", "read_test_clip", "render", "save_raw",
+    "DEFAULT_AUTHORS_SIZE", "LoadedModel", "MultiPrediction", "Prediction", "PredictionJob", "RolloutMemory",
+    "checkpoint_summary", "choose_window", "common_frame_format", "frame_format", "load_models", "newest_checkpoint",
+    "panel_labels", "panel_titles", "predict_clip", "predict_clip_models", "predict_frames", "predict_models",
+    "prepare_prediction", "read_test_clip", "render", "rollout", "save_raw",
 ]

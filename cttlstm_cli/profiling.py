@@ -5,6 +5,13 @@ sample*, i.e. the multiply-accumulates of every convolution (and of rebuilding
 tensor-train kernels) when the whole model advances one frame. They are counted by
 running one step under ``torch.utils.flop_counter`` (which reports 2 FLOPs per MAC)
 and, for families that give one, analytically from the configuration as well.
+
+The epoch time is the paper's Time(m): minutes of one 10,000-clip epoch, whatever the
+recipe's own ``train.epoch_clips`` (also reported, labelled as the recipe's epoch).
+
+:func:`prepare_profile` builds the model and refuses, in one line, a recipe whose frames cannot
+fit in memory (before anything large is allocated); :func:`run_profile` measures, reporting each
+phase to an optional ``progress`` callback.
 """
 
 from __future__ import annotations
@@ -13,14 +20,21 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
+from cttlstm_cli.evaluation.compare import EPOCH_CLIPS as PAPER_EPOCH_CLIPS
 from cttlstm_cli.models import VideoModel, unwrap
 from cttlstm_cli.recipe import Recipe
-from cttlstm_cli.training.memory import resolve_micro_batch
+from cttlstm_cli.training import memory
+from cttlstm_cli.training.memory import MicroBatch, resolve_micro_batch
 from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
+
+#: ``progress(phase, done, total)``: what profiling is doing; ``total`` None for a phase without steps
+ProgressCallback = Callable[[str, int, "int | None"], None]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -42,12 +56,25 @@ class Profile:
     flops_analytic: bool
     batch_size: int
     device: str
-    epoch_seconds: float | None
     step_seconds: float | None
+    epoch_10k_seconds: float | None  # a 10,000-clip epoch, the paper's Time(m)
+    epoch_clips: int  # the recipe's train.epoch_clips
+    recipe_epoch_seconds: float | None  # an epoch of the recipe's epoch_clips
     peak_memory_bytes: int | None
 
+    @property
+    def epoch_seconds(self) -> float | None:
+        """The older name of :attr:`epoch_10k_seconds` (kept in the JSON too)."""
+        return self.epoch_10k_seconds
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The JSON row of ``cttlstm profile --json``."""
+        return {**asdict(self), "epoch_seconds": self.epoch_seconds}
+
+
+def epoch_time(step_seconds: float, batch_size: int, clips: int = PAPER_EPOCH_CLIPS) -> float:
+    """Seconds of an epoch of ``clips`` clips at ``step_seconds`` per training step of ``batch_size`` clips."""
+    return step_seconds * math.ceil(clips / batch_size)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -59,9 +86,20 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def time_training_steps(
-    model: VideoModel, recipe: Recipe, device: torch.device, batch_size: int, warmup: int = 1, timed_steps: int = 2
+    model: VideoModel,
+    recipe: Recipe,
+    device: torch.device,
+    batch_size: int,
+    warmup: int = 1,
+    timed_steps: int = 2,
+    micro_batch: MicroBatch | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> float:
-    """Mean seconds of one full training step (forward, backward, optimizer) after warm-up."""
+    """Mean seconds of one full training step (forward, backward, optimizer) after warm-up.
+
+    ``micro_batch`` (default: :func:`resolve_micro_batch`, as training would split the batch);
+    ``on_step(k)`` after each of the ``warmup + timed_steps`` steps.
+    """
     data = recipe.data
     h, w = data.frame_size
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -69,14 +107,24 @@ def time_training_steps(
     optimizer = make_optimizer(model, recipe, device)
     scaler = torch.amp.GradScaler(device.type) if recipe.train.precision == "fp16" else None
     model.train()
-    micro = resolve_micro_batch(model, recipe, device, batch_size).size  # as training would split it
+    micro = (micro_batch or resolve_micro_batch(model, recipe, device, batch_size)).size
     timed = compile_model(model, recipe)  # warm-up then includes the compilation
-    for _ in range(warmup):
+    done = 0
+
+    def step() -> None:
+        nonlocal done
         train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
+        done += 1
+        if on_step is not None:
+            _sync(device)  # so that the count follows the work, not the queue
+            on_step(done)
+
+    for _ in range(warmup):
+        step()
     _sync(device)
     start = time.perf_counter()
     for _ in range(timed_steps):
-        train_step(timed, optimizer, clips, recipe, 1.0, scaler, micro_batch=micro)
+        step()
     _sync(device)
     return (time.perf_counter() - start) / timed_steps
 
@@ -86,28 +134,77 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def profile_recipe(
+@dataclass
+class ProfileJob:
+    """A recipe's model, built and checked to fit in memory, ready to be measured (:func:`run_profile`)."""
+
+    recipe: Recipe
+    device: torch.device
+    model: nn.Module
+    batch_size: int
+    micro_batch: MicroBatch | None  # None with measure_time False
+    measure_time: bool
+    warmup: int
+    timed_steps: int
+
+
+def check_profile_memory(
+    model: nn.Module, recipe: Recipe, device: torch.device, batch_size: int, micro_batch: MicroBatch | None
+) -> None:
+    """Refuse, in one line, frames too large to profile: one prediction step (the FLOP count) and,
+    with ``micro_batch``, the timed training steps (:func:`~cttlstm_cli.training.memory.require_training_memory`)."""
+    h, w = recipe.data.frame_size
+    net = unwrap(model)
+    step = memory.step_activation_bytes(net, h, w)
+    hint = memory.largest_frame(step, h, w, device, net.downsampling)
+    memory.require(f"one prediction step at data.frame_size {h}x{w}", step, device, hint)
+    if micro_batch is not None:
+        memory.require_training_memory(model, recipe, device, micro_batch, "; --no-time skips the timing")
+
+
+def prepare_profile(
     recipe: Recipe,
     device: torch.device,
     batch_size: int | None = None,
     measure_time: bool = True,
     warmup: int = 1,
     timed_steps: int = 2,
-) -> Profile:
-    """Parameters, FLOPs and (optionally) the measured time of a 10,000-clip epoch."""
+) -> ProfileJob:
+    """Build the recipe's model on ``device`` and check that profiling it fits in memory
+    (:func:`check_profile_memory`); nothing large is allocated before the check."""
     torch.manual_seed(recipe.train.seed)
     model = build_training_model(recipe, device)
-    h, w = recipe.data.frame_size
     batch = batch_size or recipe.train.batch_size
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    step_seconds = epoch_seconds = None
-    if measure_time:
-        step_seconds = time_training_steps(model, recipe, device, batch, warmup, timed_steps)
-        epoch_seconds = step_seconds * math.ceil(recipe.train.epoch_clips / batch)
+    micro = resolve_micro_batch(model, recipe, device, batch) if measure_time else None
+    check_profile_memory(model, recipe, device, batch, micro)
+    return ProfileJob(recipe, device, model, batch, micro, measure_time, warmup, timed_steps)
+
+
+def run_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Profile:
+    """Parameters, FLOPs and (when ``job.measure_time``) the measured time of a 10,000-clip epoch.
+
+    ``progress(phase, done, total)`` hears of each phase: counting FLOPs, then each training step.
+    """
+    report = progress or (lambda phase, done, total: None)
+    recipe, device, model = job.recipe, job.device, job.model
+    h, w = recipe.data.frame_size
     net = unwrap(model)
+    report("counting FLOPs", 0, None)
     analytic = net.analytic_macs(h, w)
     counted = net.counted_macs(h, w)
+    step_seconds = epoch_10k = recipe_epoch = None
+    if job.measure_time:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        total = job.warmup + job.timed_steps
+        phase = f"timing {job.timed_steps} training step(s) of {job.batch_size} clip(s) after {job.warmup} warm-up"
+        report(phase, 0, total)
+        step_seconds = time_training_steps(
+            model, recipe, device, job.batch_size, job.warmup, job.timed_steps, job.micro_batch,
+            on_step=lambda done: report(phase, done, total),
+        )
+        epoch_10k = epoch_time(step_seconds, job.batch_size)
+        recipe_epoch = epoch_time(step_seconds, job.batch_size, recipe.train.epoch_clips)
     return Profile(
         recipe=recipe.name,
         arch=net.config.arch,
@@ -117,9 +214,25 @@ def profile_recipe(
         flops_per_step=counted if analytic is None else analytic,
         flops_per_step_counted=counted,
         flops_analytic=analytic is not None,
-        batch_size=batch,
+        batch_size=job.batch_size,
         device=str(device),
-        epoch_seconds=epoch_seconds,
         step_seconds=step_seconds,
-        peak_memory_bytes=peak_memory_bytes(device) if measure_time else None,
+        epoch_10k_seconds=epoch_10k,
+        epoch_clips=recipe.train.epoch_clips,
+        recipe_epoch_seconds=recipe_epoch,
+        peak_memory_bytes=peak_memory_bytes(device) if job.measure_time else None,
     )
+
+
+def profile_recipe(
+    recipe: Recipe,
+    device: torch.device,
+    batch_size: int | None = None,
+    measure_time: bool = True,
+    warmup: int = 1,
+    timed_steps: int = 2,
+    progress: ProgressCallback | None = None,
+) -> Profile:
+    """Parameters, FLOPs and (optionally) the measured time of a 10,000-clip epoch:
+    :func:`prepare_profile` then :func:`run_profile`."""
+    return run_profile(prepare_profile(recipe, device, batch_size, measure_time, warmup, timed_steps), progress)

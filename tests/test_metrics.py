@@ -27,6 +27,9 @@ from cttlstm_cli.evaluation.metrics import (
 )
 
 
+METRICS = ("mse", "mae", "psnr", "ssim", "lpips")
+
+
 def _frames(channels: int, n: int = 3, h: int = 40, w: int = 33, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random frames plus structured ones (a moving bright square, gradients, a flat frame)."""
     rng = np.random.default_rng(seed)
@@ -96,6 +99,51 @@ def test_convention_arithmetic() -> None:
     torch.testing.assert_close(
         compute_metrics(pred * 3 - 1, target, STANDARD, ["mse"])["mse"], mse((pred * 3 - 1).clamp(0, 1), target)
     )
+
+
+class _RecordingLpips:
+    """Stands in for LPIPS: records what it is given and returns zeros."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[torch.Tensor, bool]] = []
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, rescale: bool = True) -> torch.Tensor:
+        self.seen.append((pred.clone(), rescale))
+        return torch.zeros(pred.shape[0])
+
+
+def test_order_of_operations_with_predictions_outside_0_1() -> None:
+    """Each convention's numbers, computed here with plain NumPy from the definitions in docs/metrics.md:
+    openstl (OpenSTL's metric()) measures MSE and MAE on the raw predictions and clips to [0, 1] only for
+    PSNR, SSIM and LPIPS; paper (the authors' model_test.py) and standard clamp before every metric."""
+    rng = np.random.default_rng(7)
+    target = rng.random((4, 1, 24, 20))
+    pred = target + 0.8 * rng.standard_normal(target.shape)  # far outside [0, 1] in places
+    assert (pred < 0).any() and (pred > 1).any()
+    clipped = np.clip(pred, 0.0, 1.0)
+    per_image = (1, 2, 3)
+    raw_sq, raw_abs = ((pred - target) ** 2).sum(axis=per_image), np.abs(pred - target).sum(axis=per_image)
+    clip_sq, clip_abs = ((clipped - target) ** 2).mean(axis=per_image), np.abs(clipped - target).mean(axis=per_image)
+    psnr_clipped = -10 * np.log10(clip_sq)
+    ssim2 = [sk_ssim(c[0], t[0], data_range=2.0) for c, t in zip(clipped, target)]
+    ssim1 = [sk_ssim(c[0], t[0], data_range=1.0) for c, t in zip(clipped, target)]
+    expected = {
+        "openstl": {"mse": raw_sq, "mae": raw_abs, "psnr": psnr_clipped, "ssim": ssim2},
+        "paper": {"mse": 1000 * clip_sq, "mae": 1000 * clip_abs, "psnr": psnr_clipped, "ssim": ssim2},
+        "standard": {"mse": clip_sq, "mae": clip_abs, "psnr": psnr_clipped, "ssim": ssim1},
+    }
+    for name, values in expected.items():
+        lpips = _RecordingLpips()
+        got = compute_metrics(torch.from_numpy(pred), torch.from_numpy(target), name, METRICS, lpips_model=lpips)
+        for metric, value in values.items():
+            np.testing.assert_allclose(got[metric].numpy(), value, rtol=1e-9, atol=1e-12, err_msg=f"{name} {metric}")
+        (seen, rescale), = lpips.seen
+        np.testing.assert_array_equal(seen.numpy(), clipped)  # LPIPS sees clamped frames under every convention
+        assert rescale == (name != "paper")
+    # OpenSTL's MSE of unclamped predictions is larger than that of the clamped ones (what the bug reported).
+    assert (raw_sq > clip_sq * 24 * 20).all()
+    assert "MSE/MAE on the unclamped predictions" in OPENSTL.describe()
+    assert "predictions clamped to [0,1]" in PAPER.describe() and "predictions clamped to [0,1]" in STANDARD.describe()
 
 
 def test_conventions_describe_themselves() -> None:

@@ -72,3 +72,25 @@ def test_broken_files(tmp_path: Path) -> None:
     unknown.write_text("trian: {lr: 0.1}\n")
     with pytest.raises(CttlstmError, match="trian: unknown key"):
         load_recipe(unknown)
+
+
+def test_empty_files_are_refused_not_defaulted(tmp_path: Path) -> None:
+    for text in ("", "\n# only comments\n", "{}\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(CttlstmError, match=r"^recipe .*empty\.yaml is empty \(no sections\)"):
+            load_recipe(empty)
+
+
+def test_values_are_echoed_as_written_and_booleans_are_not_numbers(tmp_path: Path) -> None:
+    from cttlstm_cli.recipe import as_given
+
+    assert [as_given(v) for v in ("bxi", ["b", "i"], (64, 64), True, None, 2.5, {"a": 1})] == [
+        "bxi", "[b, i]", "[64, 64]", "true", "null", "2.5", "{a: 1}"
+    ]
+    for override, key in [("train.batch_size=true", "train.batch_size"), ("data.stride=false", "data.stride"),
+                          ("model.blocks=[true, 1, 1, 1]", "model.blocks.0")]:
+        with pytest.raises(CttlstmError, match=rf"{key}: must be a number, not true or false$"):
+            load_recipe(RECIPES / "mmnist.yaml", [override])
+    # real booleans stay booleans
+    assert load_recipe(RECIPES / "mmnist.yaml", ["train.compile=true", "train.channels_last=false"]).train.compile is True

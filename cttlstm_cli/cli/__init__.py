@@ -1,13 +1,18 @@
 """The ``cttlstm`` command line: thin Typer commands over the library.
 
 Every user error surfaces as one ``error: ...`` line on stderr and exit code 2;
-Ctrl-C exits with 130. Commands parse options, call the library and print.
+Ctrl-C exits with 130. Commands parse options, call the library and print. Whatever is
+printed survives file names that are not valid UTF-8: their undecodable bytes are shown as
+``\\xNN`` instead of failing the whole command with a ``UnicodeEncodeError``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -61,8 +66,38 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
 _default_showwarning = warnings.showwarning
 
 
+@contextlib.contextmanager
+def _printable_output() -> Iterator[None]:
+    """Let stdout and stderr print any path: a file name with bytes that are not UTF-8 reaches
+    Python as lone surrogates (``os.fsdecode``), which a strict stream refuses with a
+    ``UnicodeEncodeError`` in the middle of a command (rich output, the one-line error, ...).
+    Both streams escape such characters as ``\\xNN`` for the duration of the command."""
+    from cttlstm_cli.rendering import ESCAPE_ERRORS  # registers the error handler
+
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != ESCAPE_ERRORS:
+            try:
+                before = stream.errors
+                stream.reconfigure(errors=ESCAPE_ERRORS)
+            except (ValueError, OSError):  # closed, or a stream that cannot change
+                continue
+            changed.append((stream, before))
+    try:
+        yield
+    finally:
+        for stream, before in changed:
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors=before)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising for user errors."""
+    with _printable_output():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", RecipeNotice)  # once per key and place

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
 
 from cttlstm_cli.cli import app
-from cttlstm_cli.cli.common import DEVICE_OPTION, console
+from cttlstm_cli.cli.common import DEVICE_OPTION, Progress, console, err_console
+
+#: rollouts of at least this many steps report their progress off a terminal too (shorter ones end at once,
+#: and their output stays exactly what scripts read); on a terminal, any rollout longer than the default 10
+PROGRESS_STEPS = 100
 
 
 @app.command(
@@ -64,10 +69,12 @@ def predict(
     the predictions are shown alone. Every frame carries a counter (t=12 predicted 2/10).
     With several --checkpoint the models (same frame size and channels) predict from the same
     context: ground truth | each model, labelled by its name | each model's |error|.
+    Each checkpoint used is named on stderr with its training step; steps whose predictions
+    and animation cannot fit in memory are refused, saying how many would.
     """
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.errors import CttlstmError
-    from cttlstm_cli.predict import panel_titles, predict_clip_models, render, save_raw
+    from cttlstm_cli.predict import panel_titles, prepare_prediction, render, save_raw
     from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, write_animation
 
     if out.suffix.lower() not in ANIMATION_EXTENSIONS:
@@ -79,15 +86,26 @@ def predict(
     if data is not None and test_clip is None:
         raise CttlstmError("--data applies to --test-clip only")
     dev = open_device(device)
-    result, source = predict_clip_models(clip, checkpoint or None, steps, context, start, size, dev, test_clip, data)
-    frames = render(result, scale, error_panel=not no_error)  # one model: ground truth | prediction | |error|
-    raw = save_raw(result, out) if save_npy else None
-    try:
-        write_animation(out, frames, fps)
-    except BaseException:
-        if raw is not None:
-            raw.unlink(missing_ok=True)
-        raise
+    job = prepare_prediction(clip, checkpoint or None, steps, context, start, size, dev, test_clip, data)
+    job.check_memory(scale, error_panel=not no_error)
+    for m in job.models:  # after every check: a refusal stays the only line on stderr
+        err_console.print(f"checkpoint: {m.checkpoint} ({m.summary})", markup=False, highlight=False, soft_wrap=True)
+    long = steps >= PROGRESS_STEPS or (err_console.is_terminal and steps > 10)
+    with Progress(err_console) if long else nullcontext() as progress:
+        result = job.run(progress)
+        if progress is not None:
+            progress(f"rendering {len(result.context) + result.steps:,} frames")
+        frames = render(result, scale, error_panel=not no_error)  # one model: ground truth | prediction | |error|
+        raw = save_raw(result, out) if save_npy else None
+        if progress is not None:
+            progress(f"writing {out}")
+        try:
+            write_animation(out, frames, fps)
+        except BaseException:
+            if raw is not None:
+                raw.unlink(missing_ok=True)
+            raise
+    source = job.source
     truth = "beside the ground truth" if result.truth is not None else "(clip too short for ground truth)"
     where = f"{source}: " if test_clip is not None else ""
     console.print(

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from cttlstm_cli.cli import app
-from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
+from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, Progress, console, err_console, resolve_recipe_path
 
 DEFAULT_RECIPES = ["mmnist", "mmnist-convlstm"]
 
@@ -35,19 +35,27 @@ def profile(
     FLOPs follow the paper's Table 2 (multiplications for one-step prediction per
     sample), counted analytically and checked against torch's FLOP counter. The
     epoch time times full training steps (forward, backward, optimizer) after a
-    warm-up step and extrapolates to train.epoch_clips clips.
+    warm-up step and extrapolates to an epoch of 10,000 clips, the paper's Time(m),
+    whatever the recipe's train.epoch_clips (its own epoch gets a row of its own when
+    it differs). Frames too large for the memory available are refused first.
     """
     from cttlstm_cli.devices import open_device
-    from cttlstm_cli.profiling import profile_recipe
+    from cttlstm_cli.profiling import PAPER_EPOCH_CLIPS, prepare_profile, run_profile
     from cttlstm_cli.recipe import load_recipe
 
     loaded = [load_recipe(resolve_recipe_path(r), overrides or []) for r in (recipes or DEFAULT_RECIPES)]
     dev = open_device(device)
     rows = []
-    with err_console.status("profiling...") as status:
-        for recipe in loaded:
-            status.update(f"profiling {recipe.name} on {dev}...")
-            rows.append(profile_recipe(recipe, dev, batch_size, measure_time=not no_time, timed_steps=timed_steps))
+    with Progress(err_console) as progress:
+        jobs = []
+        for recipe in loaded:  # every recipe is checked to fit before any is measured
+            progress.note(f"{recipe.name}: building the model and checking that it fits in memory")
+            jobs.append(prepare_profile(recipe, dev, batch_size, measure_time=not no_time, timed_steps=timed_steps))
+        while jobs:
+            job = jobs.pop(0)  # each model is freed once measured
+            progress.prefix = f"{job.recipe.name} on {dev}: "
+            rows.append(run_profile(job, progress))
+            del job
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -64,6 +72,11 @@ def profile(
     if not no_time:
         add("batch", *(str(r.batch_size) for r in rows))
         add("s / training step", *(f"{r.step_seconds:.3f}" for r in rows))
-        add("min / 10k-clip epoch", *(f"{r.epoch_seconds / 60:.2f}" for r in rows))
+        add(f"min / {PAPER_EPOCH_CLIPS:,}-clip epoch (paper)", *(f"{r.epoch_10k_seconds / 60:.2f}" for r in rows))
+        if any(r.epoch_clips != PAPER_EPOCH_CLIPS for r in rows):
+            add(
+                "min / recipe epoch (train.epoch_clips)",
+                *(f"{r.recipe_epoch_seconds / 60:.2f} ({r.epoch_clips:,} clips)" for r in rows),
+            )
         add("peak memory (MiB)", *(f"{r.peak_memory_bytes / 2**20:,.0f}" for r in rows))
     console.print(table)

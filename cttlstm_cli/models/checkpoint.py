@@ -78,7 +78,7 @@ _CODE_REFERENCE = (
 )
 
 
-def _code_reference(message: str) -> str | None:
+def code_reference(message: str) -> str | None:
     """The class or function a refused pickle names, or None when the failure is something else."""
     for pattern in _CODE_REFERENCE:
         found = pattern.search(message)
@@ -95,7 +95,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        code = _code_reference(str(err))
+        code = code_reference(str(err))
         if code is not None:
             raise CheckpointRefusedError(
                 f"{path}: refused to load: it references code ({code}), and checkpoints may hold only tensors and plain data"
