@@ -100,6 +100,9 @@ class TrainConfig(Section):
     epoch_clips: int = Field(10_000, ge=1, description="clips per 'epoch' (the paper's 10,000)")
     val_clips: int | None = Field(None, ge=1, description="validation clips per epoch; null: the whole split")
     grad_clip: float | None = Field(3.0, gt=0.0, description="max gradient norm; null: no clipping")
+    loss: Literal["l1+l2", "l2", "l1"] = Field(
+        "l1+l2", description="prediction loss over every predicted pixel: l1+l2 (the paper), l2 (MSE, as OpenSTL trains), l1"
+    )
     scheduled_sampling: ScheduledSampling = Field(default_factory=ScheduledSampling)
     lr_decay: LRDecay = Field(default_factory=LRDecay)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

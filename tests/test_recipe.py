@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import load_recipe
@@ -94,3 +95,18 @@ def test_values_are_echoed_as_written_and_booleans_are_not_numbers(tmp_path: Pat
             load_recipe(RECIPES / "mmnist.yaml", [override])
     # real booleans stay booleans
     assert load_recipe(RECIPES / "mmnist.yaml", ["train.compile=true", "train.channels_last=false"]).train.compile is True
+
+
+def test_prediction_loss_kinds() -> None:
+    from cttlstm_cli.training.step import prediction_loss
+
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 3, 1, 4, 4), torch.rand(2, 3, 1, 4, 4)
+    l1, l2 = (pred - target).abs().mean(), ((pred - target) ** 2).mean()
+    assert torch.allclose(prediction_loss(pred, target), l1 + l2)
+    assert torch.allclose(prediction_loss(pred, target, "l2"), l2)
+    assert torch.allclose(prediction_loss(pred, target, "l1"), l1)
+    assert load_recipe(RECIPES / "mmnist.yaml").train.loss == "l1+l2"  # the paper's
+    assert load_recipe(RECIPES / "mmnist.yaml", ["train.loss=l2"]).train.loss == "l2"
+    with pytest.raises(CttlstmError, match="train.loss"):
+        load_recipe(RECIPES / "mmnist.yaml", ["train.loss=huber"])

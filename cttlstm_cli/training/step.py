@@ -15,9 +15,15 @@ from cttlstm_cli.recipe import Recipe
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def prediction_loss(predictions: Tensor, targets: Tensor) -> Tensor:
-    """Mean L1 plus mean squared error over every predicted pixel (paper §4)."""
-    return F.l1_loss(predictions, targets) + F.mse_loss(predictions, targets)
+def prediction_loss(predictions: Tensor, targets: Tensor, kind: str = "l1+l2") -> Tensor:
+    """The mean error over every predicted pixel: ``l1+l2`` (the paper's §4, the default), ``l2``
+    (mean squared error, as OpenSTL trains its baselines) or ``l1``."""
+    loss = predictions.new_zeros(())
+    if "l1" in kind:
+        loss = loss + F.l1_loss(predictions, targets)
+    if "l2" in kind:
+        loss = loss + F.mse_loss(predictions, targets)
+    return loss
 
 
 def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
@@ -73,12 +79,12 @@ def model_loss(
     data = recipe.data
     if labels is None:
         outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
-        return prediction_loss(outputs.float(), clips[:, 1:].float())
+        return prediction_loss(outputs.float(), clips[:, 1:].float(), recipe.train.loss)
     outputs, logits = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator, classify=True)
     cross_entropy = F.cross_entropy(logits.float(), labels)
     if outputs is None:  # a classifier only
         return cross_entropy
-    prediction = prediction_loss(outputs.float(), clips[:, 1:].float())
+    prediction = prediction_loss(outputs.float(), clips[:, 1:].float(), recipe.train.loss)
     return recipe.train.prediction_weight * prediction + cross_entropy
 
 
