@@ -34,7 +34,7 @@ from conftest import RECIPES, REPO
 SMOKE = str(RECIPES / "smoke.yaml")
 DAMAGES = ("header", "chunk", "truncated", "missing")
 #: upper bound for anything that waits on another process; passing runs take a fraction of it
-PATIENCE_S = 120.0
+PATIENCE_S = 600.0
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -307,6 +307,16 @@ def test_prepare_verify_from_the_command_line(cli, tiny: Path, copy_of, tmp_path
                          (("mmnist",), "missing --out")):  # fmt: skip
         result = cli("prepare", *args)
         assert result.code == 2 and result.err.count("\n") == 1 and expect in result.err, result.err
+
+
+def test_a_deleted_manifest_is_named_in_the_recipes_terms(cli, tiny: Path, copy_of, tmp_path: Path) -> None:
+    data = copy_of(tiny)
+    (data / "manifest.json").unlink()
+    before = sorted(p.name for p in data.iterdir())
+    result = cli("train", RECIPES / "smoke.yaml", "--out", tmp_path / "run", "--set", f"data.path={data}", "-q")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert f"{data} (data.path, or --data) holds files but no manifest.json" in result.err and "--out" not in result.err
+    assert sorted(p.name for p in data.iterdir()) == before
 
 
 def test_prepare_again_rebuilds_a_deleted_or_truncated_shard(cli, tiny: Path, digits: Path, copy_of) -> None:

@@ -383,6 +383,12 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
     root = Path(data_cfg.path)
     if data_cfg.dataset != "mmnist" or (root / fmt.MANIFEST_NAME).is_file():
         return root
+    if root.exists() and (not root.is_dir() or (fmt.read_state(root) is None and any(root.iterdir()))):
+        # Said here in the recipe's terms: the user never typed an --out for this folder.
+        raise CttlstmError(
+            f"{root} (data.path, or --data) holds files but no manifest.json, so it is not a prepared dataset; "
+            "point it at a prepared dataset or a new folder (Moving-MNIST is prepared there), or delete it to prepare it again"
+        )
     h, w = data_cfg.frame_size
     if h != w:
         raise CttlstmError(f"Moving-MNIST frames are square; data.frame_size is {h}x{w}")
