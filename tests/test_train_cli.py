@@ -84,15 +84,20 @@ def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(smoke_data: Path, tmp_path: Path) -> None:
     proc = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=50")
     last = tmp_path / "run" / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
+    # No deadline: on a loaded machine the first checkpoint may take long; the process ending
+    # first is a failure the asserts below report (pytest-timeout is the backstop).
+    while not last.exists() and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode()
     saved = read_checkpoint(last)
     assert 0 < saved["step"] < 50 * 16
+    # One line says what was saved and how to go on.
+    resume = (f"cttlstm train {SMOKE} --out {tmp_path / 'run'} --resume --device cpu --quiet "
+              f"--set data.path={smoke_data} --set train.epoch_clips=128 --set train.epochs=50")  # fmt: skip
+    assert err.decode().strip().splitlines()[-1] == f"interrupted: saved {last} at step {saved['step']}; continue with: {resume}"
     # The saved state resumes.
     resumed = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=1", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()

@@ -338,3 +338,61 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path: Path, monkeypatch: py
         trainer.fit()
     saved = read_checkpoint(tmp_path / "run" / "last.pt")
     assert saved["step"] == 2 and all(t.isfinite().all() for t in saved["model"].values())
+
+
+def test_ctrl_c_in_the_first_step_stops_at_once_and_saves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the first step has finished there is nothing to save: Ctrl-C does not wait for it."""
+    import signal
+
+    from cttlstm_cli.training import trainer as trainer_module
+
+    calls = []
+
+    def signal_in_step(*args, **kwargs):
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # the handler raises before this step can finish
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", signal_in_step)
+    trainer = Trainer(smoke(), tmp_path / "run", torch.device("cpu"), *data(), log=lambda _m: None)
+    result = trainer.fit()
+    assert result.interrupted and result.saved is None and result.steps == 0 and len(calls) == 1
+    assert trainer.session_steps == 0 and not list((tmp_path / "run").glob("*.pt"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_validation_saves_the_epochs_training_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT during the first validation: its batch finishes, last.pt holds the epoch's whole training,
+    and --resume validates that epoch again and ends where an uninterrupted run ends."""
+    import signal
+
+    from cttlstm_cli.training import trainer as trainer_module
+
+    recipe = smoke(train__epochs=2, train__checkpoint_every=100)  # 8 steps an epoch (64 clips)
+    Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data(), log=lambda _m: None).fit()
+
+    loss = trainer_module.model_loss
+    calls = []
+
+    def signal_in_validation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "model_loss", signal_in_validation)  # validation's, not train_step's
+    statuses: list[str] = []
+    result = Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data(), log=lambda _m: None, status=statuses.append).fit()
+    assert result.interrupted and result.saved == tmp_path / "part" / "last.pt" and len(calls) == 1
+    assert "stopping once this validation batch is done, to save the run (Ctrl-C again stops at once)" in statuses
+    saved = read_checkpoint(tmp_path / "part" / "last.pt")
+    assert (saved["step"], saved["epoch"], saved["position"]) == (8, 0, 8)
+    monkeypatch.setattr(trainer_module, "model_loss", loss)
+    resumed = Trainer(recipe, tmp_path / "part", torch.device("cpu"), *data(), resume=True, log=lambda _m: None)
+    assert resumed.fit().steps == 16
+    a = read_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    val = [json.loads(ln) for ln in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines() if '"val"' in ln]
+    assert [r["epoch"] for r in val] == [0, 1]

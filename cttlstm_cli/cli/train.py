@@ -4,55 +4,170 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.table import Column
+from rich.text import Text
 
 from cttlstm_cli.cli import app
-from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, resolve_recipe_path
+from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
+from cttlstm_cli.profiling import format_duration
+
+
+def clock_text(seconds: float) -> str:
+    """A clock for the bar: ``0:04:07``, ``19:40:00``; from a day on, days and hours (``416 d 03 h``),
+    so that the row stays short enough for an 80-column terminal."""
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days} d {hours:02d} h" if days else f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class ElapsedColumn(ProgressColumn):
+    """Time since the row (re)started, in :func:`clock_text`'s form."""
+
+    def render(self, task: Task) -> Text:
+        return Text(clock_text(task.elapsed or 0.0), style="progress.elapsed")
+
+
+class CountdownColumn(ProgressColumn):
+    """The time left, counting down between updates from a deadline the trainer's estimate sets.
+
+    rich's own TimeRemainingColumn needs several updates within 30 s to estimate a speed: with
+    steps of minutes (a paper recipe on a CPU) it never shows one."""
+
+    def render(self, task: Task) -> Text:
+        deadline = task.fields.get("deadline")
+        if deadline is None:
+            return Text("ETA -:--:--", style="progress.remaining")
+        return Text(f"ETA {clock_text(deadline - task.get_time())}", style="progress.remaining")
+
+
+class FittedProgress(Progress):
+    """A Progress whose bar takes the width that its texts leave on the console.
+
+    rich shares an overflow out among all the columns: on an 80-column terminal the old bar
+    cut its clock to ``0:…`` (it looked frozen) and its ETA to ``-:--…``. Here the bar shrinks
+    first, then the last column (loss, lr, ...); the clocks are never cut."""
+
+    def __init__(self, *args: Any, bar: BarColumn, stretch: Column, **kwargs: Any) -> None:
+        self._bar, self._stretch = bar, stretch  # before rich's __init__, which renders once
+        self._width_of = kwargs["console"]
+        super().__init__(*args, **kwargs)
+
+    def get_renderables(self) -> Iterator[Any]:
+        tasks = [t for t in self.tasks if t.visible]
+        fixed = len(self.columns) - 1  # the spaces between columns
+        wanted = 0
+        for column in self.columns:
+            widths = [column.render(t).cell_len for t in tasks] if column is not self._bar else [0]
+            # A column's min_width keeps the bar from jumping as its texts change ("epoch 1/3" / "val 1/3").
+            width = max(max(widths, default=0), column.get_table_column().min_width or 0)
+            if column.get_table_column() is self._stretch:
+                wanted = width
+            else:
+                fixed += width
+        room = self._width_of.width - fixed
+        self._bar.bar_width = max(8, min(40, room - wanted))
+        self._stretch.max_width = max(1, room - self._bar.bar_width)
+        yield from super().get_renderables()
 
 
 class TrainProgress:
-    """A rich progress bar over all optimizer steps of the run, with loss, lr, clips/s and ETA."""
+    """What a training run shows while it runs: one row for this epoch (its steps, or its validation
+    batches), with its clock, ETA, the recent loss and clips/s, and one row for the whole run (its
+    clock, ETA, learning rate and teacher forcing); plus one line per finished epoch.
+
+    The ETAs come from the trainer's measured step time (:meth:`Trainer.eta`) and count down live.
+    Off a terminal rich draws no live display: only the epoch lines and the final rows are printed."""
 
     def __init__(self, trainer: Any) -> None:
-        per_epoch = trainer.steps_per_epoch()
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  tf {task.fields[tf]}  {task.fields[speed]} clips/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        self.per_epoch = trainer.steps_per_epoch()
+        self.epochs = trainer.recipe.train.epochs
+        bar = BarColumn(bar_width=20)
+        stretch = Column(no_wrap=True, overflow="ellipsis", min_width=len("loss 0.1234  12.3 clips/s"))
+        self.progress = FittedProgress(
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=len(f"epoch {self.epochs}/{self.epochs}"))),
+            bar,
+            TextColumn("{task.fields[count]}", justify="right",
+                       table_column=Column(no_wrap=True, min_width=len(f"{self.per_epoch:,}/{self.per_epoch:,}"))),
+            ElapsedColumn(table_column=Column(no_wrap=True)),
+            CountdownColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[stats]}", markup=False, table_column=stretch),
+            bar=bar,
+            stretch=stretch,
             console=console,
             transient=False,
+            auto_refresh=True,  # the clocks move while a step of minutes runs (in rich's own thread)
+            refresh_per_second=4,  # a clock of seconds needs no more; the CPU is busy training
         )
-        self.task = self.progress.add_task(
-            f"epoch {trainer.epoch + 1}/{trainer.recipe.train.epochs}",
-            total=per_epoch * trainer.recipe.train.epochs,
-            completed=trainer.step,
-            loss="-",
-            lr=f"{trainer.recipe.train.lr * trainer.schedule.lr_scale:.2e}",
-            tf=f"{trainer.schedule.ratio:.2f}",
-            speed="-",
-        )
+        self.epoch_task = self.progress.add_task("", total=self.per_epoch, count="", stats="", deadline=None)
+        self.run_task = self.progress.add_task("overall", total=self.per_epoch * self.epochs, count="", stats="", deadline=None)
+        self._epoch = trainer.epoch
+        self._epoch_started = self._validation_started = time.monotonic()
+        self._show_epoch(trainer)
+        self.update(trainer, None)
         self.progress.start()
 
+    def _restart_epoch_row(self, description: str, total: int, completed: int, **fields: Any) -> None:
+        # reset() replaces all of the row's fields: the others are carried over, so that no
+        # refresh in between draws the row without them.
+        row = next(t for t in self.progress.tasks if t.id == self.epoch_task)
+        self.progress.reset(self.epoch_task, total=total, completed=completed, description=description, **{**row.fields, **fields})
+
+    def _show_epoch(self, trainer: Any) -> None:
+        self._epoch = trainer.epoch
+        self._epoch_started = time.monotonic()
+        self._restart_epoch_row(f"epoch {trainer.epoch + 1}/{self.epochs}", self.per_epoch, trainer.position,
+                                count=f"{trainer.position:,}/{self.per_epoch:,}", deadline=None)
+
     def update(self, trainer: Any, record: dict[str, Any] | None) -> None:
-        fields: dict[str, Any] = {"description": f"epoch {trainer.epoch + 1}/{trainer.recipe.train.epochs}"}
-        if record is not None:
-            fields.update(
-                loss=f"{record['loss']:.4f}",
-                lr=f"{record['lr']:.2e}",
-                tf=f"{record['teacher_forcing']:.2f}",
-                speed=f"{record['clips_per_s']:.1f}" if record.get("clips_per_s") else "-",
-            )
-        self.progress.update(self.task, completed=trainer.step, **fields)
+        """After a training step (``record``: its metrics line, if one was written) or a validation (its line)."""
+        if record is not None and record.get("kind") == "val":
+            self._epoch_done(trainer, record)
+            return
+        now = time.monotonic()
+        epoch_left, run_left = trainer.eta()
+        if trainer.epoch < self.epochs:  # after the last epoch the row keeps showing its validation
+            if trainer.epoch != self._epoch:
+                self._show_epoch(trainer)
+            step = trainer.clock.step_seconds
+            speed = f"{trainer.recipe.train.batch_size * trainer.dist.world / step:.3g} clips/s" if step else "- clips/s"
+            loss = f"{trainer.recent_loss:.4f}" if trainer.recent_loss is not None else "-"
+            self.progress.update(self.epoch_task, completed=trainer.position, count=f"{trainer.position:,}/{self.per_epoch:,}",
+                                 stats=f"loss {loss}  {speed}", deadline=None if epoch_left is None else now + epoch_left)
+        total = self.per_epoch * self.epochs
+        self.progress.update(self.run_task, completed=trainer.step, count=f"{100 * trainer.step / total:.1f}%",
+                             stats=f"lr {trainer.recipe.train.lr * trainer.schedule.lr_scale:.2e}  tf {trainer.schedule.ratio:.2f}",
+                             deadline=None if run_left is None else now + run_left)
+
+    def validating(self, trainer: Any, done: int, total: int) -> None:
+        """Before the first validation batch (``done`` 0) and after each: the epoch row shows the validation."""
+        now = time.monotonic()
+        if done == 0:
+            self._validation_started = now
+            self._restart_epoch_row(f"val {trainer.epoch + 1}/{self.epochs}", total, 0, count=f"0/{total:,}", stats="", deadline=None)
+            return
+        left = (now - self._validation_started) / done * (total - done)
+        self.progress.update(self.epoch_task, completed=done, count=f"{done:,}/{total:,}", deadline=now + left)
+
+    def _epoch_done(self, trainer: Any, record: dict[str, Any]) -> None:
+        best = " (best so far)" if record["val_loss"] <= record["best_val_loss"] else ""
+        took = format_duration(time.monotonic() - self._epoch_started)
+        _, run_left = trainer.eta()
+        left = f", about {format_duration(run_left)} left" if run_left is not None and trainer.epoch < self.epochs else ""
+        line = f"epoch {record['epoch'] + 1}/{self.epochs}: validation loss {record['val_loss']:.5f}{best}; {took} for the epoch{left}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if trainer.epoch < self.epochs:
+            self._show_epoch(trainer)
+        self.update(trainer, None)
 
     def close(self) -> None:
         self.progress.stop()
@@ -74,17 +189,22 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (default: the newest run of this recipe)."),
     device: str = DEVICE_OPTION,
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps (for trials)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no progress lines."),
     overrides: list[str] = SET_OPTION,
 ) -> None:
-    """Train a model: 10 -> 10 prediction on 20-frame clips, L1 + MSE over all predictions.
+    """Train a model: predict data.future_frames frames from data.input_frames context frames
+    (10 -> 10 on 20-frame clips in the paper's recipes), train.loss over all predictions
+    (L1 + MSE in the paper's recipes).
 
     Adam(W) with gradient-norm clipping, scheduled sampling with the paper's plateau
-    schedule, validation every epoch, best.pt chosen on validation loss. Checkpoints
-    (last.pt, best.pt) are written atomically; Ctrl-C saves and exits, --resume
+    schedule, validation every epoch, best.pt chosen on validation loss. The first
+    optimizer step is timed and the run says how long an epoch and the whole run will
+    take. Checkpoints (last.pt, best.pt) are written atomically; Ctrl-C saves and exits
+    (before the first step has finished it exits at once, saving nothing), --resume
     continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
     writes files.
     """
+    from cttlstm_cli.data import shards
     from cttlstm_cli.training.data import open_training_data
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.models import create_model
@@ -98,29 +218,52 @@ def train(
             from cttlstm_cli.errors import CttlstmError
 
             raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
-        from cttlstm_cli.training.runlock import check_unlocked
+    main_rank = int(os.environ.get("RANK", "0")) == 0
 
-        check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
-    dev = open_device(device)
-    # A model family that breaks the contract, or frames it cannot take, stop here, before any data
-    # is prepared or written.
-    create_model(cfg.model, cfg.data.channels).check_data(*cfg.data.frame_size, cfg.data.input_frames)
-    train_set, val_set = open_training_data(cfg, console=console)
-
-    def log(line: str) -> None:
+    def say(line: str) -> None:
         # The trainer's lines name paths, which rich would read as markup where they hold brackets,
         # and each stays one line (not wrapped at the terminal's width), like the error lines.
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=None if quiet else TrainProgress, log=log)
-    if trainer.dist.is_main:
-        where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
-        console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}", soft_wrap=True)
-    result = trainer.fit(max_steps=max_steps)
+    status = None if quiet or not main_rank else say
+    same = train_command(recipe, out, resume, device, max_steps, quiet, overrides)
+    go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides)
+    trainer: Trainer | None = None
+    preparing: Path | None = None
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
+            from cttlstm_cli.training.runlock import check_unlocked
+
+            check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
+        dev = open_device(device)
+        # A model family that breaks the contract, or frames it cannot take, stop here, before any data
+        # is prepared or written.
+        create_model(cfg.model, cfg.data.channels).check_data(*cfg.data.frame_size, cfg.data.input_frames)
+        data_path = Path(cfg.data.path)
+        if cfg.data.dataset == "mmnist" and not (data_path / shards.MANIFEST_NAME).is_file():
+            preparing = data_path  # open_training_data prepares Moving-MNIST on first use
+            if status is not None:
+                status(f"preparing Moving-MNIST in {data_path} (first use; once only)…")
+        elif status is not None:
+            status(f"opening the datasets in {data_path}…")
+        train_set, val_set = open_training_data(cfg, console=console)
+        preparing = None
+        if status is not None:
+            status("building the model…")
+        bar = None if quiet else TrainProgress
+        trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=bar, log=say, status=status)
+        if trainer.dist.is_main:
+            where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
+            console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}", soft_wrap=True)
+        result = trainer.fit(max_steps=max_steps)
+    except KeyboardInterrupt:
+        if main_rank:
+            err_console.print(interrupted_line(out, same, go_on, trainer, None, preparing), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     if not trainer.dist.is_main:
         return
     if result.interrupted:
+        err_console.print(interrupted_line(out, same, go_on, trainer, result, None), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     run = trainer.run
     saved = [f"{path} ({label})" for path, label in ((run.best, "best"), (run.last, "last")) if path.is_file()]
@@ -133,6 +276,46 @@ def train(
     console.print(Panel(escape("\n".join(lines)), title=escape(f"trained {cfg.name}"), expand=False))
     # Outside the panel and never wrapped, so that it copies and pastes as one command.
     console.print(f"next: {next_command(run.root, run.best.is_file())}", soft_wrap=True, markup=False, highlight=False)
+
+
+def train_command(
+    recipe: str, out: Path, resume: bool, device: str, max_steps: int | None, quiet: bool, overrides: list[str] | None
+) -> str:
+    """This ``cttlstm train`` command, quoted for a POSIX shell, with the run directory spelt out
+    (a default one is named after the time it was made) and ``--resume`` when ``resume``."""
+    args = ["cttlstm", "train", recipe, "--out", str(out)]
+    if resume:
+        args.append("--resume")
+    if device != "auto":
+        args += ["--device", device]
+    if max_steps is not None:
+        args += ["--max-steps", str(max_steps)]
+    if quiet:
+        args.append("--quiet")
+    for override in overrides or []:
+        args += ["--set", override]
+    return shlex.join(args)
+
+
+def interrupted_line(out: Path, command: str, go_on: str, trainer: Any, result: Any, preparing: Path | None) -> str:
+    """The one line a Ctrl-C ends with: what was saved, and the command that goes on from there.
+
+    ``command`` is the interrupted command and ``go_on`` the same with ``--resume``
+    (:func:`train_command`); ``trainer`` None when it was interrupted before the trainer existed,
+    ``result`` the interrupted fit's when it returned one, ``preparing`` the data folder when it
+    was interrupted while preparing it."""
+    if preparing is not None:
+        return (f"interrupted while preparing the data in {preparing}: nothing saved in {out}; the finished parts "
+                f"of the data are kept, and the same command goes on from them: {command}")
+    if result is not None and result.saved is not None:
+        return f"interrupted: saved {result.saved} at step {result.steps}; continue with: {go_on}"
+    when = "before the first optimizer step" if trainer is None or trainer.session_steps == 0 else f"after optimizer step {trainer.step}"
+    kept = trainer.last_saved_step() if trainer is not None else None
+    if kept is not None:
+        return f"interrupted {when}: nothing new saved; {trainer.run.last} (step {kept}) is kept; continue with: {go_on}"
+    if command == go_on:  # --resume, interrupted before the trainer changed anything in the run
+        return f"interrupted {when}: nothing saved; {out} is as it was; continue with: {command}"
+    return f"interrupted {when}: nothing saved; {out} can be restarted with the same command: {command}"
 
 
 def next_command(run_dir: Path, has_best: bool) -> str:

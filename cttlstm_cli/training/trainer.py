@@ -4,7 +4,8 @@ A run directory holds the resolved ``recipe.yaml``, ``last.pt`` (plus the previo
 good ``previous.pt``), ``best.pt`` (chosen on validation loss, never test data),
 ``metrics.jsonl`` and, when tensorboard is installed, event files. Checkpoints are
 written atomically every ``train.checkpoint_every`` optimizer steps, at every epoch
-end and on Ctrl-C; ``resume=True`` continues exactly where ``last.pt`` left off.
+end and on Ctrl-C (once the first step has finished, see :meth:`Trainer.fit`); ``resume=True``
+continues exactly where ``last.pt`` left off.
 
 One process writes a run directory at a time: the trainer holds ``.lock`` in it
 (:mod:`cttlstm_cli.training.runlock`) from construction until :meth:`Trainer.fit`
@@ -46,6 +47,7 @@ from cttlstm_cli.models.checkpoint import (
     state_dict_mismatch,
     stored_recipe,
 )
+from cttlstm_cli.profiling import StepClock, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.runlock import RunLock
@@ -115,6 +117,8 @@ class TrainResult:
     interrupted: bool = False
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: the checkpoint an interrupted run wrote as it stopped (None: nothing new was saved, see :meth:`Trainer.fit`)
+    saved: Path | None = None
 
 
 def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
@@ -229,7 +233,20 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Trainer:
-    """Train ``recipe`` into ``run_dir``; see the module docstring."""
+    """Train ``recipe`` into ``run_dir``; see the module docstring.
+
+    What the run is doing reaches the caller through three optional callbacks (rank 0 only):
+
+    - ``log(line)``: notes and warnings (``note: ...``), always worth showing;
+    - ``status(line)``: a short line before each slow phase (the first optimizer step, which also
+      measures the speed), the measured speed and its estimate of the epoch and the run, and the
+      acknowledgement of a first Ctrl-C; None for a quiet run;
+    - ``progress(trainer)``: a factory, called as :meth:`fit` starts, of an object with
+      ``update(trainer, record)`` after every optimizer step (``record`` is the metrics line written
+      at that step, else None) and after every validation (its ``kind: val`` line),
+      ``validating(trainer, done, total)`` before and after each validation batch, and ``close()``.
+      :meth:`eta` gives it the time left.
+    """
 
     def __init__(
         self,
@@ -241,6 +258,7 @@ class Trainer:
         resume: bool = False,
         progress: Callable[[Trainer], Any] | None = None,
         log: Callable[[str], None] = print,
+        status: Callable[[str], None] | None = None,
     ) -> None:
         self.recipe = recipe
         self.run = RunDir(Path(run_dir))
@@ -248,7 +266,13 @@ class Trainer:
         self.device = self.dist.device
         self.train_set, self.val_set = train_set, val_set
         self.log = log if self.dist.is_main else (lambda _msg: None)
+        self.status = status if self.dist.is_main else None
         self.progress_factory = progress
+        self.clock = StepClock()
+        self.recent_loss: float | None = None  # the training loss the progress display shows
+        self._session_steps = 0  # optimizer steps done by this fit()
+        self._torn = False  # True while a step or an epoch end is changing the state: not saveable
+        self._slow_note_due = False
         self._train_loader: DataLoader | None = None
         self._train_sampler: EpochSampler | None = None
         self._val_loader: DataLoader | None = None
@@ -343,6 +367,10 @@ class Trainer:
     def _note(self, line: str) -> None:
         self.notes.append(line)
         self.log(f"note: {line}")
+
+    def _say(self, line: str) -> None:
+        if self.status is not None:
+            self.status(line)
 
     def _remove_stale_temporaries(self) -> None:
         # Holding the lock, no other writer can be half-way through a write here.
@@ -516,29 +544,57 @@ class Trainer:
         return clips, None
 
     def steps_per_epoch(self) -> int:
+        """Optimizer steps of one epoch on this process (its share of ``train.epoch_clips``, whole batches)."""
         per_rank = len(range(self.dist.rank, len(self.train_set), self.dist.world))  # type: ignore[arg-type]
         return per_rank // self.recipe.train.batch_size
 
     # -- training ------------------------------------------------------------------------------
 
-    def validate(self) -> float:
-        """Mean training objective on the validation split, predicting freely (no ground truth fed back)."""
+    def validate(self, progress: Callable[[int, int], None] | None = None) -> float:
+        """Mean training objective on the validation split, predicting freely (no ground truth fed back).
+
+        ``progress(done, total)`` before the first batch (``done`` 0) and after each. Inside
+        :meth:`fit`, a first Ctrl-C stops it after the batch it lands in (the epoch's training is
+        whole and is saved; ``--resume`` validates the epoch again)."""
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
-        with torch.no_grad():
-            for batch in self._val_batches():
-                clips, labels = self._to_device(batch)
-                with autocast(self.recipe.train.precision, self.device):
-                    loss = model_loss(self.model, clips, self.recipe, 0.0, labels=labels)
-                totals += torch.tensor([loss.item() * clips.shape[0], clips.shape[0]], dtype=torch.float64)
+        batches = self._val_batches()
+        self._validating = True
+        if progress is not None:
+            progress(0, len(batches))
+        try:
+            with torch.no_grad():
+                for done, batch in enumerate(batches, 1):
+                    clips, labels = self._to_device(batch)
+                    with autocast(self.recipe.train.precision, self.device):
+                        loss = model_loss(self.model, clips, self.recipe, 0.0, labels=labels)
+                    totals += torch.tensor([loss.item() * clips.shape[0], clips.shape[0]], dtype=torch.float64)
+                    if progress is not None:
+                        progress(done, len(batches))
+                    self._raise_if_stopping()
+        finally:
+            self._validating = False
+            self.model.train()
         totals = self.dist.all_sum(totals)
-        self.model.train()
         if totals[1] == 0:
             raise CttlstmError("the validation split yields no clips; prepare more validation data or lower data.input_frames/future_frames")
         return float(totals[0] / totals[1])
 
+    def eta(self) -> tuple[float | None, float | None]:
+        """Seconds left of this epoch's training steps and of the whole run (its steps and validations),
+        from :attr:`clock`; None before the first step has been timed."""
+        per_epoch, epochs = self.steps_per_epoch(), self.recipe.train.epochs
+        epoch_left = max(0, per_epoch - self.position)
+        run_left = max(0, per_epoch * epochs - self.step)
+        return self.clock.remaining(epoch_left), self.clock.remaining(run_left, max(0, epochs - self.epoch))
+
     def fit(self, max_steps: int | None = None) -> TrainResult:
-        """Train until ``train.epochs`` (or ``max_steps`` optimizer steps, for tests)."""
+        """Train until ``train.epochs`` (or ``max_steps`` optimizer steps, for tests).
+
+        Ctrl-C (SIGINT) returns a result with ``interrupted`` set: after the first optimizer step, the
+        first Ctrl-C lets the step (or the validation batch) it lands in finish and saves ``last.pt``
+        (``saved``); before the first step has finished, or at a second Ctrl-C, it stops at once and
+        saves nothing new (``saved`` None; ``last.pt``, if any, is left as it was)."""
         cfg = self.recipe.train
         if not self._locked:  # a second fit() of this trainer
             self._take_lock()
@@ -555,8 +611,11 @@ class Trainer:
         cfg = self.recipe.train
         self._open_tensorboard()
         self.model.train()
-        interrupted = False
+        interrupted, saved = False, None
+        self._session_steps, self._torn, self._stop_requested = 0, False, False
+        self.clock = StepClock()
         bar = self.progress_factory(self) if (self.progress_factory and self.dist.is_main) else None
+        self._bar = bar
         try:
             with self._stop_at_step_boundary():
                 while self.epoch < cfg.epochs:
@@ -569,9 +628,13 @@ class Trainer:
                     self._raise_if_stopping()
         except KeyboardInterrupt:
             interrupted = True
-            self.save()
-            self.log(f"interrupted: saved {self.run.last} at step {self.step}; continue with --resume")
+            # Before the first step of this fit() there is nothing new to save; inside a step or an
+            # epoch end (a second Ctrl-C) the state is half-updated, and last.pt stays the last whole one.
+            if self._session_steps > 0 and not self._torn:
+                self.save()
+                saved = self.run.last
         finally:
+            self._bar = None
             if bar is not None:
                 bar.close()
             if self._tensorboard is not None:
@@ -587,9 +650,16 @@ class Trainer:
             interrupted=interrupted,
             resumed_from=self.resumed_from,
             notes=self.notes,
+            saved=saved,
         )
 
-    def _last_saved_step(self) -> int | None:
+    @property
+    def session_steps(self) -> int:
+        """Optimizer steps done by the current (or last) :meth:`fit`, as opposed to :attr:`step`, the run's."""
+        return self._session_steps
+
+    def last_saved_step(self) -> int | None:
+        """The optimizer step ``last.pt`` holds, or None without a readable one."""
         try:
             return int(read_checkpoint(self.run.last)["step"])
         except (CttlstmError, KeyError, TypeError, ValueError):
@@ -603,7 +673,7 @@ class Trainer:
         except NoSpaceError as err:
             if err.advice:
                 raise
-            step = self._last_saved_step()
+            step = self.last_saved_step()
             if step is not None:
                 advice = f"{self.run.last} (step {step}) and the other checkpoints already written are kept; free some space, then continue with --resume"
             else:
@@ -611,7 +681,7 @@ class Trainer:
             raise NoSpaceError(err.path, err.errno, advice) from None
 
     def _diverged(self, what: str) -> DivergedError:
-        step = self._last_saved_step()
+        step = self.last_saved_step()
         if step is not None:
             kept = f"{self.run.last} (step {step}) is kept, nothing later was saved"
             then = "start a new run, or --resume from the kept checkpoint"
@@ -623,21 +693,27 @@ class Trainer:
         )
 
     _stop_requested = False
+    _validating = False
+    _bar: Any = None
 
     @contextlib.contextmanager
     def _stop_at_step_boundary(self) -> Iterator[None]:
-        """Turn the first Ctrl-C (SIGINT) into a stop after the current optimizer step, so the saved
-        checkpoint is a whole step; a second Ctrl-C interrupts at once. A KeyboardInterrupt raised
-        wherever the signal lands could be swallowed (inside a weakref callback, say) or cut an
-        optimizer update in half."""
+        """Turn the first Ctrl-C (SIGINT) into a stop after the current optimizer step (or validation
+        batch), so the saved checkpoint is a whole step; a second Ctrl-C interrupts at once. A
+        KeyboardInterrupt raised wherever the signal lands could be swallowed (inside a weakref
+        callback, say) or cut an optimizer update in half. Until the first step of this fit() has
+        finished there is nothing to save, and waiting for a first step that may take minutes on a
+        CPU would only keep the user waiting: Ctrl-C then interrupts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self._stop_requested:
+            if self._stop_requested or self._session_steps == 0:
                 raise KeyboardInterrupt
             self._stop_requested = True
+            what = "validation batch" if self._validating else "optimizer step"
+            self._say(f"stopping once this {what} is done, to save the run (Ctrl-C again stops at once)")
 
         previous = signal.signal(signal.SIGINT, request_stop)
         try:
@@ -649,25 +725,77 @@ class Trainer:
         if self._stop_requested:
             raise KeyboardInterrupt
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _describe_device(self) -> str:
+        if self.device.type == "cpu":
+            return f"cpu ({torch.get_num_threads()} threads)"
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
+
+    def _first_step_timed(self, seconds: float, clips: int, steps_per_epoch: int) -> None:
+        """Report the first optimizer step's time and what it means for an epoch and the run."""
+        self.clock.first(seconds)
+        compiling = bool(self.recipe.train.compile)
+        per_step = f"{clips} clips" + (f" on each of {self.dist.world} processes" if self.dist.world > 1 else "")
+        first = "first step, torch.compile included" if compiling else "first step"
+        self._say(speed_line(seconds, per_step, self._describe_device(), steps_per_epoch, self.recipe.train.epochs, self.step - 1, first))
+        # A compiled model's first step is mostly compilation: judge its speed on the later steps.
+        self._slow_note_due = True
+        if not compiling:
+            self._note_if_slow(steps_per_epoch)
+
+    def _note_if_slow(self, steps_per_epoch: int) -> None:
+        step = self.clock.step_seconds
+        if not self._slow_note_due or step is None:
+            return
+        self._slow_note_due = False
+        note = slow_epoch_note(step, steps_per_epoch, self.device)
+        if note is not None:
+            self._note(note)
+
     def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
         cfg = self.recipe.train
         lr = cfg.lr * self.schedule.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self._session_steps == 0 and self.position < steps_per_epoch:
+            # Before the loader starts: its workers' first batch is part of this wait.
+            compiling = ", torch.compile included" if cfg.compile else ""
+            self._say(f"first optimizer step (measuring speed{compiling})…")
         window_start, window_clips = time.perf_counter(), 0
+        self.clock.restart()  # the validation before this epoch is no training step
         # The loss is summed where it is computed: reading it every step would make the
         # host wait for the GPU each step instead of queueing the next one.
         loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in self._train_batches(self.position):
             clips, labels = self._to_device(batch)
             gen = step_generator(cfg.seed + self.dist.rank, self.step)
+            first = self._session_steps == 0
+            if first:  # timed alone, so that the estimate is the step's and not the loader's start-up
+                self._sync()
+                started = time.perf_counter()
+            self._torn = True
             loss = train_step(
                 self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels, self.micro_batch.size
             )
             self.step += 1
             self.position += 1
-            if self.device.type == "cpu" and not bool(loss.isfinite()):
-                raise self._diverged(f"the training loss is {float(loss)} at step {self.step}")
+            self._torn = False
+            self._session_steps += 1
+            if first:
+                self._sync()
+                self._first_step_timed(time.perf_counter() - started, clips.shape[0], steps_per_epoch)
+            else:
+                self.clock.tick()
+                self._note_if_slow(steps_per_epoch)
+            if self.device.type == "cpu":  # the loss is on the host already: free to read every step
+                if not bool(loss.isfinite()):
+                    raise self._diverged(f"the training loss is {float(loss)} at step {self.step}")
+                self.recent_loss = float(loss)
             loss_sum += loss.double()
             loss_count += 1
             window_clips += clips.shape[0] * self.dist.world
@@ -687,6 +815,8 @@ class Trainer:
                     "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
                 }
                 self.write_metrics(record)
+                if self.device.type != "cpu":
+                    self.recent_loss = record["loss"]
                 if bar is not None:
                     bar.update(self, record)
                 window_start, window_clips = time.perf_counter(), 0
@@ -700,26 +830,33 @@ class Trainer:
                 return
 
     def _end_epoch(self) -> None:
-        val_loss = self.validate()
+        validating = getattr(self._bar, "validating", None)
+        progress = (lambda done, total: validating(self, done, total)) if validating is not None else None
+        started = time.perf_counter()
+        val_loss = self.validate(progress)
+        self.clock.validation_seconds = time.perf_counter() - started
         if not math.isfinite(val_loss):
             raise self._diverged(f"the validation loss is {val_loss} after epoch {self.epoch + 1}")
+        self._torn = True
         improved = self.schedule.end_epoch(self.epoch, val_loss, self.recipe.train)
         self.epoch += 1
         self.position = 0
-        self.write_metrics(
-            {
-                "kind": "val",
-                "step": self.step,
-                "epoch": self.epoch - 1,
-                "val_loss": val_loss,
-                "best_val_loss": self.schedule.best_loss,
-                "teacher_forcing": self.schedule.ratio,
-                "lr_scale": self.schedule.lr_scale,
-            }
-        )
+        self._torn = False
+        record = {
+            "kind": "val",
+            "step": self.step,
+            "epoch": self.epoch - 1,
+            "val_loss": val_loss,
+            "best_val_loss": self.schedule.best_loss,
+            "teacher_forcing": self.schedule.ratio,
+            "lr_scale": self.schedule.lr_scale,
+        }
+        self.write_metrics(record)
         if improved:
             self.save(self.run.best)
         self.save()
+        if self._bar is not None:
+            self._bar.update(self, record)
 
 
 def _is_record(line: str) -> bool:
