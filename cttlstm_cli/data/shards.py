@@ -28,6 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +244,31 @@ class _GuardedFile:
             self.error = self.error or err
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block is done, then deliver it to the handler that was in place.
+
+    HDF5 calls back into Python for every byte it writes (the file object above). A
+    KeyboardInterrupt raised inside such a callback is swallowed by h5py ("Exception ignored"),
+    HDF5 is left with a failed write it cannot recover from, and the process later dies in a
+    segfault with a damaged shard. Raised after the block instead, it stops the prepare between
+    two videos, where the partial shard is simply deleted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only delivered to the main thread
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+        elif pending and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 class ShardWriter:
     """Writes one shard under a temporary name; :meth:`close` renames it into place.
 
@@ -259,8 +288,9 @@ class ShardWriter:
         except OSError as err:
             raise no_space_error(err, path, RESUME_ADVICE) or err from None
         try:
-            self._file = h5py.File(self._io, "w", libver=LIBVER)
-            self._group = self._file.create_group("videos")
+            with interrupts_deferred():
+                self._file = h5py.File(self._io, "w", libver=LIBVER)
+                self._group = self._file.create_group("videos")
         except BaseException:
             self._io.finish()
             self.tmp.unlink(missing_ok=True)
@@ -293,23 +323,24 @@ class ShardWriter:
         """Append one video ``[T, H, W, C]`` uint8."""
         if frames.dtype != np.uint8 or frames.ndim != 4:
             raise ValueError(f"expected uint8 [T, H, W, C], got {frames.dtype} {frames.shape}")
-        idx = len(self.lengths)
-        chunk = (min(CHUNK_FRAMES, frames.shape[0]),) + frames.shape[1:]
-        ds = self._group.create_dataset(
-            f"{idx:06d}",
-            data=frames,
-            chunks=chunk,
-            compression="gzip",
-            compression_opts=self._level,
-            shuffle=False,
-            fletcher32=True,
-        )
-        ds.attrs["name"] = name
-        ds.attrs["source"] = source
-        ds.attrs["label"] = -1 if label is None else int(label)
-        if segments:
-            ds.attrs["segments"] = np.asarray(segments, dtype=np.int64)
-        del ds  # closing the dataset writes its cached chunks: a full disk shows now
+        with interrupts_deferred():
+            idx = len(self.lengths)
+            chunk = (min(CHUNK_FRAMES, frames.shape[0]),) + frames.shape[1:]
+            ds = self._group.create_dataset(
+                f"{idx:06d}",
+                data=frames,
+                chunks=chunk,
+                compression="gzip",
+                compression_opts=self._level,
+                shuffle=False,
+                fletcher32=True,
+            )
+            ds.attrs["name"] = name
+            ds.attrs["source"] = source
+            ds.attrs["label"] = -1 if label is None else int(label)
+            if segments:
+                ds.attrs["segments"] = np.asarray(segments, dtype=np.int64)
+            del ds  # closing the dataset writes its cached chunks: a full disk shows now
         self.lengths.append(int(frames.shape[0]))
         self.labels.append(-1 if label is None else int(label))
         self.segments.append(segments)
@@ -324,21 +355,22 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         """Write the shard index, flush, and rename into place; returns the shard's manifest entry."""
         f = self._file
-        for key, values in (("lengths", self.lengths), ("labels", self.labels)):
-            data = np.asarray(values, dtype=np.int64)
-            if len(data):
-                f.create_dataset(key, data=data, chunks=(len(data),), fletcher32=True)
-            else:
-                f.create_dataset(key, data=data)
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["segments_json"] = json.dumps(self.segments)
-        f.attrs["sources_json"] = json.dumps(self.sources)
-        f.attrs["consumed_json"] = json.dumps(self.consumed)
-        f.attrs["skipped_json"] = json.dumps(self.skipped)
-        f.attrs["complete"] = True
-        f.close()
-        self._io.finish()
-        self._closed = True
+        with interrupts_deferred():
+            for key, values in (("lengths", self.lengths), ("labels", self.labels)):
+                data = np.asarray(values, dtype=np.int64)
+                if len(data):
+                    f.create_dataset(key, data=data, chunks=(len(data),), fletcher32=True)
+                else:
+                    f.create_dataset(key, data=data)
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["segments_json"] = json.dumps(self.segments)
+            f.attrs["sources_json"] = json.dumps(self.sources)
+            f.attrs["consumed_json"] = json.dumps(self.consumed)
+            f.attrs["skipped_json"] = json.dumps(self.skipped)
+            f.attrs["complete"] = True
+            f.close()
+            self._io.finish()
+            self._closed = True
         self._check_io()
         os.replace(self.tmp, self.path)
         return shard_entry(self.path)
@@ -349,7 +381,8 @@ class ShardWriter:
             if not self._closed:
                 self._closed = True
                 try:
-                    self._file.close()
+                    with interrupts_deferred():
+                        self._file.close()
                 finally:
                     self._io.finish()
         finally:
