@@ -11,6 +11,22 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_delivered():
+    """Ctrl-C (SIGINT) reaches the tests and the commands they start, as it does at a terminal.
+
+    A suite started in the background of a non-interactive shell (``cmd &``, nohup, some CI
+    runners) inherits SIGINT *ignored*, and an ignored signal stays ignored across exec: the
+    Ctrl-C tests would then wait for an interrupt that never comes. Python's own handler
+    here makes it "caught", which exec resets to the default in every child.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def installed_lpips_weights() -> Path:
     """The AlexNet weights scripts/setup.sh installed: in this environment, or the user cache of older set-ups."""
     from cttlstm_cli.evaluation.lpips import default_weight_paths
