@@ -83,7 +83,7 @@ def cttlstm(*args: str | Path, file_size_limit: int | None = None) -> subprocess
 
 HOLD_LOCK = """
 import sys
-from cttlstm_cli.training.runlock import RunLock
+from cttlstm_cli.locking import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 sys.stdin.read()  # hold it until the test closes stdin or kills this process
@@ -155,7 +155,7 @@ def _ddp_refused_worker(rank: int, world: int, port: int, out: str, result_dir: 
 
 
 def test_under_ddp_a_locked_folder_stops_every_rank_without_a_deadlock(tmp_path: Path) -> None:
-    from cttlstm_cli.training.runlock import RunLock
+    from cttlstm_cli.locking import RunLock
 
     run, results = tmp_path / "run", tmp_path / "results"
     results.mkdir()

@@ -232,7 +232,7 @@ def train(
     preparing: Path | None = None
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
-            from cttlstm_cli.training.runlock import check_unlocked
+            from cttlstm_cli.locking import check_unlocked
 
             check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
         dev = open_device(device)

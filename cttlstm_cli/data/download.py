@@ -113,26 +113,19 @@ def join_location(base: str, name: str) -> str:
 
 @contextmanager
 def cache_lock(folder: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` so two cttlstm processes never write the same ``.part``.
+    """Hold the lock on ``folder`` (:class:`cttlstm_cli.locking.RunLock`) so two cttlstm processes
+    never write the same ``.part``; raises CttlstmError at once when another process holds it."""
+    from cttlstm_cli.locking import RunLock, RunLockedError
 
-    Raises CttlstmError at once (instead of waiting) when another process holds it.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(folder)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking, as before
+        lock.acquire()
+    except RunLockedError as err:
+        raise RunLockedError(err.folder, err.holder, "wait for its download to finish and run again") from None
+    try:
         yield
-        return
-    with (folder / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CttlstmError(f"another cttlstm process is downloading into {folder}; wait for it to finish and run again") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _describe(err: BaseException) -> str:

@@ -8,7 +8,7 @@ end and on Ctrl-C (once the first step has finished, see :meth:`Trainer.fit`); `
 continues exactly where ``last.pt`` left off.
 
 One process writes a run directory at a time: the trainer holds ``.lock`` in it
-(:mod:`cttlstm_cli.training.runlock`) from construction until :meth:`Trainer.fit`
+(:mod:`cttlstm_cli.locking`) from construction until :meth:`Trainer.fit`
 returns (or :meth:`Trainer.close`); under DDP only rank 0 takes it.
 """
 
@@ -50,7 +50,7 @@ from cttlstm_cli.models.checkpoint import (
 from cttlstm_cli.profiling import StepClock, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
-from cttlstm_cli.training.runlock import RunLock
+from cttlstm_cli.locking import RunLock
 from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 

@@ -1,4 +1,5 @@
-"""One writer per run folder: an OS-level lock that ``train`` holds for the life of a run.
+"""One writer per folder: an OS-level lock that ``train`` holds on its run folder for the life of a
+run, and a download on its cache folder.
 
 The lock is ``fcntl.flock`` on ``RUN/.lock``. The kernel drops it when the holder's last
 descriptor of the file goes away, so a run killed with SIGKILL never leaves a stale lock
@@ -23,15 +24,12 @@ LOCK_NAME = ".lock"
 
 
 class RunLockedError(CttlstmError):
-    """Another process holds the run folder's lock."""
+    """Another process holds the folder's lock; ``advice`` ends the one-line message."""
 
-    def __init__(self, folder: Path, holder: int | None) -> None:
+    def __init__(self, folder: Path, holder: int | None, advice: str = "wait until it ends (or stop it), or choose another --out") -> None:
         self.folder, self.holder = folder, holder
         who = f"PID {holder}" if holder is not None else "PID unknown"
-        super().__init__(
-            f"{folder} is in use by another cttlstm process ({who}) that is writing to it; "
-            "wait until it ends (or stop it), or choose another --out"
-        )
+        super().__init__(f"{folder} is in use by another cttlstm process ({who}) that is writing to it; {advice}")
 
 
 def _parse_pid(text: str) -> int | None:
