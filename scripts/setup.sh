@@ -34,7 +34,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import cttlstm_cl
     fi
     if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is None)"; then
         # torchvision minor = torch minor + 15 (2.13 <-> 0.28); --no-deps keeps the installed torch.
-        tv=$("$PY" -c "import torch; v = torch.__version__.split('+')[0].split('.'); print(f'0.{int(v[1]) + 15}.*')")
+        tv=$("$PY" -W ignore -c "import torch; v = torch.__version__.split('+')[0].split('.'); print(f'0.{int(v[1]) + 15}.*')")
         pip_install --no-deps "torchvision==$tv"
     fi
     pip_install -e ".[test]"
