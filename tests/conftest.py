@@ -44,6 +44,14 @@ class CliResult:
     err: str
 
 
+def one_error_line(result: CliResult) -> str:
+    """The single ``error: ...`` line of a refused command: exit 2, nothing else on stderr, no traceback."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+    assert "Traceback" not in result.err + result.out
+    return result.err.strip()
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """Run ``cttlstm ARGS...`` in-process through the real entry point (error handling included)."""

@@ -18,17 +18,9 @@ from rich.console import Console
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.training import memory
 
-from conftest import RECIPES
+from conftest import RECIPES, one_error_line
 
 CONTEXT, STEPS = 5, 4  # the smoke recipe's context, and a short rollout
-
-
-def _one_error_line(result) -> str:
-    assert result.code == 2, (result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "Traceback" not in result.err + result.out
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def clip(trained_smoke, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_refuses_steps_that_cannot_fit_in_one_line(cli, trained_smoke, clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred.gif"
     # 10^9 frames of at least 32x32 float32 predictions alone are 4 TB: no machine running these tests has that.
-    line = _one_error_line(cli("predict", clip, "--steps", 10**9, "-k", trained_smoke.run, "--out", out, "--save-npy"))
+    line = one_error_line(cli("predict", clip, "--steps", 10**9, "-k", trained_smoke.run, "--out", out, "--save-npy"))
     assert line.startswith("error: --steps 1,000,000,000 needs about ") and "steps fit" in line
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
 
@@ -62,7 +54,7 @@ def test_predict_max_steps_is_what_fits(cli, trained_smoke, clip: Path, tmp_path
     need = estimate.need(STEPS)[0] + estimate.host_per_frame // 2
     monkeypatch.setattr(memory, "available_memory", lambda device: int(need / memory.BUDGET_FRACTION) + 1)
     assert estimate.max_steps(int(need / memory.BUDGET_FRACTION) + 1) == STEPS
-    line = _one_error_line(cli("predict", clip, "--steps", STEPS + 1, "-k", trained_smoke.run, "--out", tmp_path / "a.gif"))
+    line = one_error_line(cli("predict", clip, "--steps", STEPS + 1, "-k", trained_smoke.run, "--out", tmp_path / "a.gif"))
     assert line.endswith(f"at most {STEPS} steps fit")
     assert not (tmp_path / "a.gif").exists()
     result = cli("predict", clip, "--steps", STEPS, "-k", trained_smoke.run, "--out", tmp_path / "b.gif")
@@ -176,7 +168,7 @@ def test_a_gpu_rollout_is_limited_by_gpu_memory_too(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("extra", [[], ["--no-time"]])
 def test_profile_refuses_frames_that_cannot_fit(cli, extra: list[str]) -> None:
-    line = _one_error_line(cli("profile", "smoke", "--device", "cpu", "--set", "data.frame_size=[100000,100000]", *extra))
+    line = one_error_line(cli("profile", "smoke", "--device", "cpu", "--set", "data.frame_size=[100000,100000]", *extra))
     assert "data.frame_size 100000x100000 needs about " in line and "frames of at most about " in line
 
 
@@ -191,7 +183,7 @@ def test_profile_refuses_training_steps_that_cannot_fit(cli, monkeypatch: pytest
     assert per_clip * memory.SAFETY > 4 * step
     room = int(2 * step / memory.BUDGET_FRACTION)  # one prediction step fits, one training clip does not
     monkeypatch.setattr(memory, "available_memory", lambda device: room)
-    line = _one_error_line(cli("profile", "smoke", "--device", "cpu", "--batch-size", "2"))
+    line = one_error_line(cli("profile", "smoke", "--device", "cpu", "--batch-size", "2"))
     assert line.startswith("error: training steps of 2 clip(s) at data.frame_size 32x32 needs about ")
     assert line.endswith("; --no-time skips the timing")
     assert cli("profile", "smoke", "--device", "cpu", "--no-time").code == 0
@@ -220,7 +212,7 @@ def test_empty_recipe_is_refused(cli, tmp_path: Path) -> None:
     for text in ("", "# nothing but a comment\n", "{}\n"):
         empty = tmp_path / "empty.yaml"
         empty.write_text(text)
-        line = _one_error_line(cli("profile", empty, "--no-time"))
+        line = one_error_line(cli("profile", empty, "--no-time"))
         assert line == f"error: recipe {empty} is empty (no sections); see docs/recipes.md, or start from recipes/smoke.yaml"
 
 
@@ -232,7 +224,7 @@ def test_empty_recipe_is_refused(cli, tmp_path: Path) -> None:
 def test_bad_frame_size_is_echoed_as_given(cli, tmp_path: Path, value: str, shown: str) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: r\ndata:\n  frame_size: {value}\n")
-    line = _one_error_line(cli("profile", recipe, "--no-time"))
+    line = one_error_line(cli("profile", recipe, "--no-time"))
     assert line == f"error: {recipe}: data.frame_size: must be two positive integers [H, W], got {shown}"
 
 
@@ -248,7 +240,7 @@ def test_bad_frame_size_is_echoed_as_given(cli, tmp_path: Path, value: str, show
     ],
 )
 def test_wrong_types_in_recipes_are_one_readable_line(cli, override: str, message: str) -> None:
-    line = _one_error_line(cli("profile", "smoke", "--no-time", "--set", override))
+    line = one_error_line(cli("profile", "smoke", "--no-time", "--set", override))
     assert line == f"error: {RECIPES / 'smoke.yaml'}: {message}"
 
 
@@ -292,7 +284,7 @@ def test_malicious_lpips_weights_through_evaluate(cli, trained_smoke, tmp_path: 
     marker = tmp_path / "MARKER"
     evil = tmp_path / "alexnet.pth"
     torch.save({"features.0.weight": _Touch(marker)}, evil)
-    line = _one_error_line(cli("evaluate", trained_smoke.run, "--metrics", "mse,lpips", "--lpips-weights", evil,
+    line = one_error_line(cli("evaluate", trained_smoke.run, "--metrics", "mse,lpips", "--lpips-weights", evil,
                                "--device", "cpu", "--out", tmp_path / "eval"))
     assert "references code (posix.system), refused" in line and "weights_only" not in line
     assert not marker.exists() and not (tmp_path / "eval").exists()
@@ -305,9 +297,9 @@ FF = os.fsdecode(b"\xff")  # the byte 0xff, as Python sees it in a file name: a 
 
 def test_missing_non_utf8_paths_give_one_line(cli, trained_smoke, tmp_path: Path) -> None:
     missing = tmp_path / f"clip{FF}.npy"
-    line = _one_error_line(cli("predict", missing, "--steps", 3, "-k", trained_smoke.run))
+    line = one_error_line(cli("predict", missing, "--steps", 3, "-k", trained_smoke.run))
     assert line == f"error: clip not found: {tmp_path}/clip\\xff.npy"
-    line = _one_error_line(cli("evaluate", tmp_path / f"run{FF}"))
+    line = one_error_line(cli("evaluate", tmp_path / f"run{FF}"))
     assert line.startswith("error: ") and f"{tmp_path}/run\\xff" in line
 
 

@@ -20,6 +20,8 @@ from cttlstm_cli.evaluation.compare import (
     per_frame_figures,
 )
 
+from conftest import one_error_line
+
 METRICS = ("mse", "psnr", "ssim", "lpips")
 
 
@@ -99,14 +101,6 @@ def _three_runs(root: Path, **kw: Any) -> tuple[list[Path], list[dict[str, Any]]
 
 def _ok(result) -> None:
     assert result.code == 0, result.err
-
-
-def _one_error_line(result) -> str:
-    assert result.code == 2, (result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "Traceback" not in result.err + result.out
-    return lines[0]
 
 
 def _md_rows(md: str) -> dict[str, list[str]]:
@@ -348,7 +342,7 @@ def test_not_comparable_one_line_nothing_written(cli, tmp_path: Path, other: dic
     a = _run(tmp_path, "a", _report())
     b = _run(tmp_path, "b", _report(seed=1, **other))
     out = tmp_path / "out"
-    line = _one_error_line(cli("compare", a, b, "--out", out))
+    line = one_error_line(cli("compare", a, b, "--out", out))
     assert words in line and "a:" in line and "b:" in line
     assert not out.exists()
 
@@ -359,16 +353,16 @@ def test_run_without_report_and_bad_inputs(cli, tmp_path: Path) -> None:
     (run / "recipe.yaml").write_text("name: smoke\n")
     good = _run(tmp_path, "good", _report())
     out = tmp_path / "out"
-    line = _one_error_line(cli("compare", good, run, "--out", out))
+    line = one_error_line(cli("compare", good, run, "--out", out))
     assert str(run) in line and f"cttlstm evaluate {run}" in line
-    assert "not found" in _one_error_line(cli("compare", good, tmp_path / "missing", "--out", out))
+    assert "not found" in one_error_line(cli("compare", good, tmp_path / "missing", "--out", out))
     bad = tmp_path / "bad.json"
     bad.write_text('{"convention": "paper"}')
-    assert "not an evaluate report" in _one_error_line(cli("compare", good, bad, "--out", out))
-    assert "given twice" in _one_error_line(cli("compare", good, good, "--out", out))
-    assert "--profile" in _one_error_line(cli("compare", good, "--profile", tmp_path / "none.json", "--out", out))
-    assert "convention" in _one_error_line(cli("compare", good, "--convention", "nope", "--out", out))
-    line = _one_error_line(cli("compare", good, "--future", "30", "--out", out))
+    assert "not an evaluate report" in one_error_line(cli("compare", good, bad, "--out", out))
+    assert "given twice" in one_error_line(cli("compare", good, good, "--out", out))
+    assert "--profile" in one_error_line(cli("compare", good, "--profile", tmp_path / "none.json", "--out", out))
+    assert "convention" in one_error_line(cli("compare", good, "--convention", "nope", "--out", out))
+    line = one_error_line(cli("compare", good, "--future", "30", "--out", out))
     assert "F=5,10" in line and "--future 30" in line
     assert not out.exists()
 
@@ -479,8 +473,8 @@ def test_checkpoint_file_finds_its_reports(cli, tmp_path: Path) -> None:
     result = cli("compare", a / "best.pt", tmp_path / "b" / "step100.pt", "--out", tmp_path / "out", "--json")
     _ok(result)
     assert [r["label"] for r in json.loads(result.out)["rows"]] == ["a", "step100.pt"]
-    line = _one_error_line(cli("compare", a, tmp_path / "b" / "last.pt", "--out", tmp_path / "o2"))
+    line = one_error_line(cli("compare", a, tmp_path / "b" / "last.pt", "--out", tmp_path / "o2"))
     assert "not found" in line
     (tmp_path / "b" / "last.pt").write_bytes(b"x")
-    line = _one_error_line(cli("compare", a, tmp_path / "b" / "last.pt", "--out", tmp_path / "o2"))
+    line = one_error_line(cli("compare", a, tmp_path / "b" / "last.pt", "--out", tmp_path / "o2"))
     assert "last-eval-*/report.json" in line and "cttlstm evaluate" in line

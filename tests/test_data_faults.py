@@ -29,7 +29,7 @@ from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.data.dataset import ClipDataset, make_loader
 from cttlstm_cli.errors import CttlstmError
 
-from conftest import RECIPES, REPO
+from conftest import RECIPES, REPO, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
 DAMAGES = ("header", "chunk", "truncated", "missing")
@@ -82,13 +82,6 @@ def _damage(path: Path, how: str) -> None:
         path.unlink()
     else:  # pragma: no cover
         raise ValueError(how)
-
-
-def _one_line_error(result) -> str:
-    assert result.code == 2, (result.code, result.out, result.err)
-    err = result.err
-    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
-    return result.err.strip()
 
 
 def _assert_names_shard(line: str, shard: Path, how: str) -> None:
@@ -188,7 +181,7 @@ def test_damaged_test_shard_in_evaluate_is_one_line(cli, tiny, checkpoint, copy_
     _damage(shard, how)
     # one DataLoader worker: a damaged chunk is met in the worker, and the line must survive the way back
     result = cli("evaluate", checkpoint, "--data", data, "--workers", "1", "--limit", "8", "-q", "--out", tmp_path / "e")
-    _assert_names_shard(_one_line_error(result), shard, how)
+    _assert_names_shard(one_error_line(result), shard, how)
     assert not (tmp_path / "e" / "report.json").exists()
 
 
@@ -199,7 +192,7 @@ def test_damaged_train_shard_in_train_is_one_line(cli, tiny: Path, copy_of, tmp_
     _damage(shard, how)
     result = cli("train", SMOKE, "--out", tmp_path / "run", "--set", f"data.path={data}", "--set", "data.workers=1",
                  "--set", "train.epoch_clips=8", "--max-steps", "1", "--quiet", "--device", "cpu")  # fmt: skip
-    line = _one_line_error(result)
+    line = one_error_line(result)
     _assert_names_shard(line, shard, how)
     if how == "chunk":
         assert "a data chunk fails its checksum" in line

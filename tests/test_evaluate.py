@@ -19,18 +19,11 @@ from cttlstm_cli.models.convrnn import ConvRNNConfig
 from cttlstm_cli.recipe import load_recipe
 
 from synthetic import labelled_dataset
-from conftest import RECIPES, installed_lpips_weights
+from conftest import RECIPES, installed_lpips_weights, one_error_line
 
 def _json(result) -> dict:
     assert result.code == 0, result.err
     return json.loads(result.out)
-
-
-def _assert_one_error_line(result) -> None:
-    assert result.code == 2
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "Traceback" not in result.err + result.out
 
 
 def test_json_report_headline_is_mean_of_curve(cli, trained_smoke, tmp_path: Path) -> None:
@@ -166,7 +159,7 @@ def test_authors_checkpoint_with_data(cli, trained_smoke, tmp_path: Path) -> Non
     torch.save({"epoch": 3, "model_state_dict": authors_state_dict(model, "conv3d")}, path)
 
     no_data = cli("evaluate", path, "--metrics", "mse", "--limit", "2", "-q")
-    _assert_one_error_line(no_data)
+    one_error_line(no_data)
     assert "--data" in no_data.err
 
     rep = _json(cli("evaluate", path, "--data", trained_smoke.data, "--context", "5", "--future", "5",
@@ -213,25 +206,25 @@ def test_classifier_accuracy_overall_and_per_group(cli, tmp_path: Path) -> None:
 def test_bad_options_one_line(cli, trained_smoke, tmp_path: Path, args) -> None:
     out = tmp_path / "out"
     result = cli("evaluate", trained_smoke.run, *args, "--out", out, "-q")
-    _assert_one_error_line(result)
+    one_error_line(result)
     assert not out.exists()
 
 
 def test_missing_and_corrupt_checkpoints(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _assert_one_error_line(cli("evaluate", tmp_path / "nope.pt", "--out", out))
+    one_error_line(cli("evaluate", tmp_path / "nope.pt", "--out", out))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
     result = cli("evaluate", corrupt, "--out", out)
-    _assert_one_error_line(result)
+    one_error_line(result)
     assert "corrupt.pt" in result.err
     empty_dir = tmp_path / "empty-run"
     empty_dir.mkdir()
-    _assert_one_error_line(cli("evaluate", empty_dir, "--out", out))
+    one_error_line(cli("evaluate", empty_dir, "--out", out))
     assert not out.exists()
 
 
 def test_missing_lpips_weights_one_line(cli, trained_smoke, tmp_path: Path) -> None:
     result = cli("evaluate", trained_smoke.run, "--metrics", "lpips", "--lpips-weights", tmp_path / "none.ckpt", "--out", tmp_path / "o")
-    _assert_one_error_line(result)
+    one_error_line(result)
     assert "--lpips-weights" in result.err and "--metrics" in result.err

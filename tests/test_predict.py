@@ -18,6 +18,7 @@ from cttlstm_cli.models.checkpoint import load_model, read_checkpoint, save_chec
 from cttlstm_cli.models.registry import create_model
 from cttlstm_cli.recipe import recipe_from_dict
 from cttlstm_cli.rendering import GAP, LABEL_HEIGHT, _font, _label
+from conftest import one_error_line
 
 CONTEXT, STEPS, SIZE, SCALE = 5, 4, 32, 4  # smoke recipe: 5 context frames of 32x32, zoomed x4
 
@@ -27,13 +28,6 @@ def frames(trained_smoke) -> np.ndarray:
     """12 real Moving-MNIST frames, uint8 [12, 32, 32]."""
     ds = ClipDataset(trained_smoke.data, "test", clip_frames=12, mode="sequential")
     return np.asarray(ds.read(0, 0, 12))[..., 0]
-
-
-def _assert_one_error_line(result) -> None:
-    assert result.code == 2
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert "Traceback" not in result.err + result.out
 
 
 def _gif_frames(path: Path) -> np.ndarray:
@@ -135,13 +129,13 @@ def test_broken_inputs_one_line_no_output(cli, trained_smoke, frames, tmp_path: 
     ]
     for clip, ckpt, mention in cases:
         result = cli("predict", clip, "--steps", 3, "--checkpoint", ckpt, "--out", out, "--save-npy")
-        _assert_one_error_line(result)
+        one_error_line(result)
         assert mention in result.err
         assert not out.exists() and not out.with_suffix(".npy").exists()
-    _assert_one_error_line(cli("predict", good, "--steps", 3, "--checkpoint", trained_smoke.run, "--out", tmp_path / "x.png"))
+    one_error_line(cli("predict", good, "--steps", 3, "--checkpoint", trained_smoke.run, "--out", tmp_path / "x.png"))
     monkeypatch.chdir(tmp_path)  # no runs/ here
     result = cli("predict", good, "--steps", 3)
-    _assert_one_error_line(result)
+    one_error_line(result)
     assert "--checkpoint" in result.err
     assert not list(tmp_path.glob("*.gif"))
 
@@ -242,7 +236,7 @@ def test_mismatched_models_refused(cli, trained_smoke, others, frames, tmp_path:
     out = tmp_path / "grid.gif"
     two = ("-k", trained_smoke.run, "-k", others["small"])
     result = cli("predict", clip, "--steps", 3, *two, "--out", out, "--save-npy")
-    _assert_one_error_line(result)
+    one_error_line(result)
     err = " ".join(result.err.split())  # the console may wrap long paths
     assert str(others["small"] / "best.pt") in err and str(trained_smoke.best) in err
     assert "16x16" in err and "32x32" in err
@@ -285,6 +279,6 @@ def test_test_clip_errors(cli, trained_smoke, frames, tmp_path: Path) -> None:
     ]
     for extra, mention in cases:
         result = cli("predict", *extra, "--steps", 3, "-k", trained_smoke.run, "--out", out, "--save-npy")
-        _assert_one_error_line(result)
+        one_error_line(result)
         assert mention in result.err
         assert not out.exists() and not out.with_suffix(".npy").exists()

@@ -23,7 +23,7 @@ from cttlstm_cli.models import create_model
 from cttlstm_cli.models.checkpoint import read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import load_recipe
 
-from conftest import RECIPES, REPO
+from conftest import RECIPES, REPO, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
 #: generous bound for waiting on another process; the tests poll for a condition, never sleep-and-assume
@@ -40,13 +40,6 @@ def quick(data: Path, *extra: str) -> list[str]:
     """Options of a smoke run that takes seconds: 2 optimizer steps per epoch."""
     return ["--set", f"data.path={data}", "--set", "train.epoch_clips=16", "--set", "train.val_clips=8",
             "--device", "cpu", "--quiet", *extra]  # fmt: skip
-
-
-def one_line_error(result) -> str:
-    """The single ``error: ...`` line of a failed command (exit 2, no traceback)."""
-    assert result.code == 2, (result.out, result.err)
-    assert result.err.startswith("error: ") and result.err.count("\n") == 1 and "Traceback" not in result.err, result.err
-    return result.err.strip()
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -99,7 +92,7 @@ def test_a_second_writer_changes_nothing_and_names_the_holder(cli, data: Path, t
         assert holder.stdout.readline() == "locked\n"  # returns at once if the holder fails
         before = snapshot(run)
         for extra in (["--resume"], [], ["--resume", "--set", "train.epochs=9"]):
-            line = one_line_error(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", *extra)))
+            line = one_error_line(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", *extra)))
             assert line == (
                 f"error: {run} is in use by another cttlstm process (PID {holder.pid}) that is writing to it; "
                 "wait until it ends (or stop it), or choose another --out"
@@ -123,7 +116,7 @@ def test_train_resume_is_refused_while_another_train_writes_and_sigkill_frees_th
         while not (run / "last.pt").exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert first.poll() is None and (run / "last.pt").exists(), "the first run did not get to its first checkpoint"
-        line = one_line_error(cli("train", SMOKE, "--out", run, *quick(data, *long_run, "--resume", "--max-steps", "1")))
+        line = one_error_line(cli("train", SMOKE, "--out", run, *quick(data, *long_run, "--resume", "--max-steps", "1")))
         assert f"{run} is in use by another cttlstm process (PID {first.pid})" in line
         assert (run / ".lock").read_text().strip() == str(first.pid)
     finally:
@@ -234,7 +227,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts(cli, data: Path, tmp_
         assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]  # the cut-short write is gone
     # A folder with a checkpoint is still never started over.
     before = snapshot(tmp_path / "again")
-    assert "already holds a run" in one_line_error(cli("train", SMOKE, "--out", tmp_path / "again", *args))
+    assert "already holds a run" in one_error_line(cli("train", SMOKE, "--out", tmp_path / "again", *args))
     assert snapshot(tmp_path / "again") == before
 
 
@@ -297,7 +290,7 @@ def test_resume_names_a_checkpoint_of_another_model_in_one_line(cli, data: Path,
     assert cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "2")).code == 0
     _foreign(run, *other)
     before = snapshot(run)
-    line = one_line_error(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", "--resume")))
+    line = one_error_line(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", "--resume")))
     assert line == (
         f"error: --resume: {run / 'last.pt'} is not a checkpoint of this run: it {expected}; "
         "put the run's own checkpoint back, or start a new run with another --out"
@@ -318,7 +311,7 @@ def test_evaluate_and_predict_name_weights_that_do_not_fit_in_one_line(cli, trai
         path = tmp_path / name
         torch.save({**good, "model": weights}, path)
         for args in (["evaluate", path, "--quiet"], ["predict", tmp_path / "clip.npy", "-k", path, "--steps", "2", "--out", tmp_path / "p.gif"]):
-            line = one_line_error(cli(*args))
+            line = one_error_line(cli(*args))
             assert line.startswith(f"error: {path}: the weights do not fit the convrnn (convttlstm) model its recipe describes: "), line
             assert expected in line and len(line) < 400, line
     assert not (tmp_path / "p.gif").exists()
@@ -353,11 +346,11 @@ def test_a_checkpoint_that_references_code_is_refused_and_never_run(cli, data: P
     np_clip = tmp_path / "clip.npy"
     np.save(np_clip, np.zeros((8, 32, 32), dtype=np.uint8))
     for args in (["evaluate", evil, "--quiet"], ["predict", np_clip, "-k", evil, "--steps", "2", "--out", tmp_path / "p.gif"]):
-        assert one_line_error(cli(*args)) == refused
+        assert one_error_line(cli(*args)) == refused
     # As a run's last.pt it is refused too, not skipped for previous.pt as if it were merely corrupt.
     evil.replace(run / "last.pt")
     before = snapshot(run)
-    line = one_line_error(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", "--resume")))
+    line = one_error_line(cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "4", "--resume")))
     assert line == refused.replace(str(evil), str(run / "last.pt"))
     assert snapshot(run) == before
     assert not marker.exists()

@@ -34,6 +34,7 @@ class _Bar:
             TimeRemainingColumn(),
             console=err_console,
             transient=True,
+            disable=not err_console.is_terminal,  # off a terminal a transient bar leaves a blank line
         )
         self.task: Any = None
         self.progress.start()

@@ -402,9 +402,11 @@ def match_profile(
 def minutes_per_epoch(row: dict[str, Any]) -> float | None:
     """Minutes of one 10,000-clip training epoch (the paper's Time(m)) from a profile row:
     seconds per step × steps per 10,000 clips; the row's own ``epoch_seconds`` when it lacks a step time."""
+    from cttlstm_cli.profiling import epoch_time
+
     step, batch = row.get("step_seconds"), row.get("batch_size")
     if step is not None and batch:
-        return float(step) * math.ceil(EPOCH_CLIPS / int(batch)) / 60.0
+        return epoch_time(float(step), int(batch), EPOCH_CLIPS) / 60.0
     if row.get("epoch_seconds") is not None:
         return float(row["epoch_seconds"]) / 60.0
     return None
