@@ -143,6 +143,9 @@ def _ddp_refused_worker(rank: int, world: int, port: int, out: str, result_dir: 
         message = f"refused: {err}"
     finally:
         if torch.distributed.is_initialized():
+            # Both ranks tear gloo down together: a rank destroying its group while the other's
+            # connection threads still run made one of them abort at exit (SIGABRT) now and then.
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     (Path(result_dir) / f"rank{rank}.txt").write_text(message)
 
