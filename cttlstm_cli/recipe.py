@@ -294,6 +294,18 @@ def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = N
     return recipe
 
 
+#: the repository's recipes/ folder (present in a clone or editable install)
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def bundled_recipe(name: str) -> Path | None:
+    """The bundled recipe a bare name stands for (``mmnist`` -> recipes/mmnist.yaml), or None."""
+    if Path(name).suffix or "/" in name:
+        return None
+    path = RECIPES_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file. The recipe name defaults to the file stem."""
     path = Path(path)

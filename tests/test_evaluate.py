@@ -228,3 +228,28 @@ def test_missing_lpips_weights_one_line(cli, trained_smoke, tmp_path: Path) -> N
     result = cli("evaluate", trained_smoke.run, "--metrics", "lpips", "--lpips-weights", tmp_path / "none.ckpt", "--out", tmp_path / "o")
     one_error_line(result)
     assert "--lpips-weights" in result.err and "--metrics" in result.err
+
+
+def test_verdict_names_every_metric_lost_to_a_trivial_predictor() -> None:
+    """The verdict line: MSE against the better trivial predictor, then each metric a trivial predictor wins."""
+    from cttlstm_cli.cli.evaluate import baseline_verdicts
+    from cttlstm_cli.evaluation.verdict import verdict
+
+    horizon = {
+        "future_frames": 10,
+        "metrics": {"mse": 20.0, "psnr": 19.0, "ssim": 0.56, "lpips": 90.0},
+        "baselines": {
+            "copy_last_frame": {"metrics": {"mse": 44.0, "psnr": 14.0, "ssim": 0.44, "lpips": 80.0}},
+            "blank_frame": {"metrics": {"mse": 30.0, "psnr": 16.0, "ssim": 0.57, "lpips": 120.0}},
+        },
+    }
+    v = verdict(horizon)
+    assert v.best_trivial == "blank_frame" and v.mse_change == pytest.approx(-1 / 3)
+    assert v.loses_to == {"ssim": [("blank_frame", 0.57)], "lpips": [("copy_last_frame", 80.0)]}
+    [line] = baseline_verdicts([{"checkpoint": "runs/m/best.pt", "context_frames": 10, "horizons": [horizon]}])
+    assert line == ("m 10→10: MSE 33% below the best trivial predictor (blank frame); worse than a trivial predictor in "
+                    "SSIM 0.56 < blank frame 0.57; LPIPS 90 > copy last frame 80")
+    # A model better in every metric gets the MSE sentence alone.
+    horizon["metrics"].update(ssim=0.9, lpips=10.0)
+    [line] = baseline_verdicts([{"checkpoint": "runs/m/best.pt", "context_frames": 10, "horizons": [horizon]}])
+    assert line == "m 10→10: MSE 33% below the best trivial predictor (blank frame)"

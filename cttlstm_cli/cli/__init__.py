@@ -54,6 +54,7 @@ from cttlstm_cli.cli import profile as _profile  # noqa: E402,F401
 from cttlstm_cli.cli import evaluate as _evaluate  # noqa: E402,F401
 from cttlstm_cli.cli import predict as _predict  # noqa: E402,F401
 from cttlstm_cli.cli import compare as _compare  # noqa: E402,F401
+from cttlstm_cli.cli import suite as _suite  # noqa: E402,F401
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' hook signature

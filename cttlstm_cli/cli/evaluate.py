@@ -16,7 +16,6 @@ from cttlstm_cli.errors import CttlstmError
 
 _FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.2f}"}
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
-_BASELINE_LABELS = {"copy_last_frame": "copy last frame", "blank_frame": "blank frame"}
 
 
 class _Bar:
@@ -53,6 +52,7 @@ class _Bar:
 
 def _table(reports: list[dict[str, Any]]) -> Table:
     from cttlstm_cli.evaluation.runner import report_label
+    from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS
 
     horizons = []
     for rep in reports:
@@ -100,28 +100,28 @@ def _table(reports: list[dict[str, Any]]) -> Table:
         clips = "/".join(str(h["num_samples"]) for h in rep["horizons"])
         for name in dict.fromkeys(names):
             by_f = {h["future_frames"]: h.get("baselines", {}).get(name, {}).get("metrics", {}) for h in rep["horizons"]}
-            table.add_row(_BASELINE_LABELS.get(name, name), "trivial", *cells(by_f), clips, "-", style="dim")
+            table.add_row(TRIVIAL_LABELS.get(name, name), "trivial", *cells(by_f), clips, "-", style="dim")
     return table
 
 
 def baseline_verdicts(reports: list[dict[str, Any]]) -> list[str]:
-    """One line per report and horizon: its MSE against the better trivial predictor's."""
+    """One line per report and horizon: its MSE against the better trivial predictor's, then every
+    metric where a trivial predictor beats the model."""
     from cttlstm_cli.evaluation.runner import report_label
+    from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS, verdict
 
     lines = []
     for rep in reports:
         for h in rep["horizons"]:
-            mse = h["metrics"].get("mse")
-            trivial = {n: b["metrics"]["mse"] for n, b in h.get("baselines", {}).items() if "mse" in b["metrics"]}
-            if mse is None or not trivial:
+            v = verdict(h)
+            if v.mse_change is None:
                 continue
-            best = min(trivial, key=trivial.__getitem__)
-            change = 100 * (mse - trivial[best]) / trivial[best] if trivial[best] > 0 else 0.0
+            change = 100 * v.mse_change
             word = "below" if change < 0 else "above"
-            lines.append(
-                f"{report_label(rep['checkpoint'])} {rep['context_frames']}→{h['future_frames']}: MSE {abs(change):.0f}% "
-                f"{word} the best trivial predictor ({_BASELINE_LABELS.get(best, best)})"
-            )
+            line = (f"{report_label(rep['checkpoint'])} {rep['context_frames']}→{h['future_frames']}: MSE {abs(change):.0f}% "
+                    f"{word} the best trivial predictor ({TRIVIAL_LABELS.get(v.best_trivial, v.best_trivial)})")
+            losses = v.losses_text(h["metrics"])
+            lines.append(f"{line}; worse than a trivial predictor in {losses}" if losses else line)
     return lines
 
 

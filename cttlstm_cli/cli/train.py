@@ -204,11 +204,9 @@ def train(
     continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
     writes files.
     """
-    from cttlstm_cli.data import shards
-    from cttlstm_cli.training.data import open_training_data
     from cttlstm_cli.devices import open_device
-    from cttlstm_cli.models import create_model
     from cttlstm_cli.recipe import load_recipe
+    from cttlstm_cli.training.run import open_trainer
     from cttlstm_cli.training.trainer import Trainer, default_run_dir, newest_run_dir
 
     cfg = load_recipe(resolve_recipe_path(recipe), overrides or [])
@@ -230,28 +228,24 @@ def train(
     go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides)
     trainer: Trainer | None = None
     preparing: Path | None = None
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
-            from cttlstm_cli.locking import check_unlocked
 
-            check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
-        dev = open_device(device)
-        # A model family that breaks the contract, or frames it cannot take, stop here, before any data
-        # is prepared or written.
-        create_model(cfg.model, cfg.data.channels).check_data(*cfg.data.frame_size, cfg.data.input_frames)
-        data_path = Path(cfg.data.path)
-        if cfg.data.dataset == "mmnist" and not (data_path / shards.MANIFEST_NAME).is_file():
-            preparing = data_path  # open_training_data prepares Moving-MNIST on first use
-            if status is not None:
-                status(f"preparing Moving-MNIST in {data_path} (first use; once only)…")
-        elif status is not None:
+    def phase(name: str, data_path: Path) -> None:
+        nonlocal preparing
+        preparing = data_path if name == "preparing" else None
+        if status is None:
+            return
+        if name == "preparing":
+            status(f"preparing Moving-MNIST in {data_path} (first use; once only)…")
+        elif name == "opening":
             status(f"opening the datasets in {data_path}…")
-        train_set, val_set = open_training_data(cfg, console=console)
-        preparing = None
-        if status is not None:
+        elif name == "building":
             status("building the model…")
+
+    try:
+        dev = open_device(device)
         bar = None if quiet else TrainProgress
-        trainer = Trainer(cfg, out, dev, train_set, val_set, resume=resume, progress=bar, log=say, status=status)
+        trainer = open_trainer(cfg, out, dev, resume=resume, progress=bar, log=say, status=status, phase=phase, console=console)
+        train_set, val_set = trainer.train_set, trainer.val_set
         if trainer.dist.is_main:
             where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
             console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}", soft_wrap=True)

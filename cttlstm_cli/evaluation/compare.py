@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cttlstm_cli.evaluation.verdict import HIGHER_IS_BETTER
 from cttlstm_cli.atomic import atomic_path, write_json_atomic, write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation import paper_results as paper
@@ -35,7 +36,6 @@ from cttlstm_cli.evaluation import paper_results as paper
 #: metric order in tables (the evaluate reports' names)
 METRIC_ORDER = ("mse", "mae", "psnr", "ssim", "lpips")
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
-_HIGHER_IS_BETTER = {"psnr", "ssim"}
 #: readable dataset names for titles (``data.dataset`` in reports)
 DATASET_NAMES = {"mmnist": "Moving-MNIST-2", "kth": "KTH action", "ssv2": "Something-Something V2", "folder": "folder"}
 #: the paper's epoch: Table 2's "Time(m)" is minutes per 10,000 training clips
@@ -517,7 +517,7 @@ class Comparison:
         if not unicode:
             return f"{self.context_frames}->{f} {metric}"
         scale = " ×10³" if self.convention == "paper" and metric in ("mse", "mae", "lpips") else ""
-        arrow = "↑" if metric in _HIGHER_IS_BETTER else "↓"
+        arrow = "↑" if metric in HIGHER_IS_BETTER else "↓"
         return f"{self.context_frames}→{f} {_TITLES.get(metric, metric)}{scale} {arrow}"
 
     # ----- tables as plain cells
@@ -1016,7 +1016,7 @@ def per_frame_figures(cmp: Comparison) -> dict[str, Any]:
                 ax.plot(x, values, styles[j % len(styles)], color=colours[i % len(colours)], label=label,
                         marker="o" if len(values) <= 12 else None, markersize=3)
         scale = " ×10³" if cmp.convention == "paper" and metric in ("mse", "mae", "lpips") else ""
-        better = "higher is better" if metric in _HIGHER_IS_BETTER else "lower is better"
+        better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
         name = _TITLES.get(metric, metric)
         ax.set_title(f"{name}{scale} per frame ({better}), {cmp.convention} convention", fontsize=10)
         ax.set_xlabel("frame (after the context)")

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cttlstm_cli.evaluation.verdict import HIGHER_IS_BETTER
 from cttlstm_cli.atomic import atomic_path
 
 #: axis labels per metric (units follow the convention's scaling)
 _LABELS = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
-_HIGHER_IS_BETTER = {"psnr", "ssim"}
 
 
 def plot_per_frame(reports: Sequence[dict[str, Any]], path: str | Path, labels: Sequence[str] | None = None) -> Path:
@@ -55,7 +55,7 @@ def plot_per_frame(reports: Sequence[dict[str, Any]], path: str | Path, labels: 
             if values:
                 x = list(range(context + 1, context + len(values) + 1))
                 ax.plot(x, values, style, color="gray", linewidth=1, label=name.replace("_", " "))
-        arrow = "higher is better" if metric in _HIGHER_IS_BETTER else "lower is better"
+        arrow = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
         ax.set_title(f"{_LABELS.get(metric, metric)} ({arrow})", fontsize=10)
         ax.set_xlabel("frame")
         ax.grid(True, alpha=0.3)
