@@ -176,3 +176,26 @@ def test_unrelated_state_dict_is_rejected(tmp_path: Path) -> None:
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CttlstmError, match="not a cttlstm or Conv-TT-LSTM checkpoint"):
         load_model(path)
+
+
+def test_last_checkpoint_exists_at_every_moment_of_a_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """previous.pt takes last.pt's content without last.pt ever being moved away: a kill at any point of
+    a save leaves a last.pt (the old one or the new one), never only a previous.pt."""
+    import os
+
+    recipe = Recipe(model=ConvRNNConfig(cell="convlstm", **SMALL))
+    model = create_model(recipe.model)
+    last, previous = tmp_path / "run" / "last.pt", tmp_path / "run" / "previous.pt"
+    save_checkpoint(last, model, recipe, step=1)
+    real_replace, seen = os.replace, []
+
+    def watched_replace(src, dst):
+        seen.append(last.is_file())
+        real_replace(src, dst)
+        seen.append(last.is_file())
+
+    monkeypatch.setattr(os, "replace", watched_replace)
+    save_checkpoint(last, model, recipe, keep_previous_as=previous, step=2)
+    monkeypatch.undo()
+    assert len(seen) == 4 and all(seen)  # previous.pt's rename, then the new last.pt's
+    assert read_checkpoint(last)["step"] == 2 and read_checkpoint(previous)["step"] == 1

@@ -54,7 +54,20 @@ def atomic_save(obj: Any, path: str | Path, keep_previous_as: str | Path | None 
     with no_space_as_error(path), atomic_path(path) as tmp:
         write_bytes_durably(tmp, buffer.getbuffer())
         if keep_previous_as is not None and path.exists():
-            os.replace(path, keep_previous_as)
+            _keep_copy(path, Path(keep_previous_as))
+
+
+def _keep_copy(path: Path, previous: Path) -> None:
+    """Make ``previous`` hold what ``path`` holds, while ``path`` stays in place: a hard link (or, on a
+    file system without them, a copy) under a temporary name, renamed onto ``previous``. Renaming
+    ``path`` itself would leave a moment without it, and a kill in that moment a run without ``last.pt``."""
+    import shutil
+
+    with atomic_path(previous) as tmp:
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, recipe: Recipe, keep_previous_as: str | Path | None = None, **extra: Any) -> None:
