@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from cttlstm_cli.models import create_model, model_names
+from cttlstm_cli.models import RecurrentVideoModel, create_model, model_names
 from cttlstm_cli.models.checkpoint import read_checkpoint
 from cttlstm_cli.models.registry import model_class, reference_model
 from cttlstm_cli.recipe import Recipe, load_recipe
@@ -70,6 +70,11 @@ def data_for(recipe: Recipe) -> tuple[Dataset, Dataset]:
 
 #: the families whose smoke model predicts frames (the others are classifiers only)
 PREDICTORS = [arch for arch in FAMILIES if create_model(load_recipe(smoke_recipe_path(arch)).model, check=False).predicts_frames]
+#: the predictors that advance one frame at a time (scheduled sampling and per-step causality apply)
+RECURRENT = [arch for arch in PREDICTORS if issubclass(model_class(arch), RecurrentVideoModel)]
+#: BatchNorm's running statistics are each rank's own (DDP broadcasts rank 0's before every forward, and
+#: only rank 0 saves): the parameters are what every rank must share
+PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def test_every_builtin_family_has_a_smoke_recipe() -> None:
@@ -78,7 +83,7 @@ def test_every_builtin_family_has_a_smoke_recipe() -> None:
         assert load_recipe(smoke_recipe_path(arch)).model.arch == arch
 
 
-@pytest.mark.parametrize("arch", PREDICTORS)
+@pytest.mark.parametrize("arch", RECURRENT)
 def test_teacher_forcing_scheduled_sampling_and_causality(arch: str) -> None:
     recipe = smoke(arch)
     torch.manual_seed(0)
@@ -175,7 +180,8 @@ def test_ddp_two_processes_on_gloo_keep_one_model(arch: str, tmp_path: Path) -> 
     r0, r1 = (torch.load(results / f"rank{i}.pt", weights_only=True) for i in range(2))
     assert r0["steps"] == r1["steps"] == 3
     for key in r0["state"]:
-        assert torch.equal(r0["state"][key], r1["state"][key]), key
+        if not key.endswith(PER_RANK_BUFFERS):
+            assert torch.equal(r0["state"][key], r1["state"][key]), key
 
 
 # -- SIGKILL, then --resume, from the command line -------------------------------------------------

@@ -98,7 +98,7 @@ def test_values_are_echoed_as_written_and_booleans_are_not_numbers(tmp_path: Pat
 
 
 def test_prediction_loss_kinds() -> None:
-    from cttlstm_cli.training.step import prediction_loss
+    from cttlstm_cli.models.losses import prediction_loss
 
     torch.manual_seed(0)
     pred, target = torch.rand(2, 3, 1, 4, 4), torch.rand(2, 3, 1, 4, 4)

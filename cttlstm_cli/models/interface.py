@@ -130,6 +130,26 @@ class VideoModel(nn.Module, ABC):
                 f"{unit}, set by {self.downsampling_key}; choose another data.frame_size or {self.downsampling_key}"
             )
 
+    @property
+    def fixed_context(self) -> int | None:
+        """The number of context frames the model needs, when it cannot take any other (a model that
+        reads all its context frames at once, such as SimVP); None for any number."""
+        return None
+
+    def training_targets(self, clips: Tensor, context_frames: int) -> Tensor:
+        """The frames of ``clips`` that the training form's outputs predict: by default every frame
+        after the first (output t predicts frame t + 1); a model that predicts only the future frames
+        returns ``clips[:, context_frames:]``."""
+        return clips[:, 1:]
+
+    def loss(self, outputs: Tensor, targets: Tensor, kind: str = "l1+l2") -> Tensor:
+        """The training objective for the training form's ``outputs`` against ``targets``
+        (:meth:`training_targets`): the recipe's prediction loss ``kind`` (train.loss); a family
+        adds the terms its paper trains with (TAU's differential divergence, say)."""
+        from cttlstm_cli.models.losses import prediction_loss
+
+        return prediction_loss(outputs.float(), targets.float(), kind)
+
     @abstractmethod
     def forward(
         self,

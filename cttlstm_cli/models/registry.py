@@ -130,7 +130,7 @@ class _Probe:
 def check_contract(model: VideoModel) -> None:
     """Run a tiny forward in each form of the contract and check the shapes; a family that
     breaks it is named in one line (a CttlstmError) before anything is trained or written."""
-    probe = _Probe(size=4 * max(1, int(model.downsampling)))
+    probe = _Probe(size=4 * max(1, int(model.downsampling)), context=model.fixed_context or 2)
     arch = model.config.arch
     frames = torch.zeros(1, probe.context + probe.future, model.image_channels, probe.size, probe.size, **like_parameters(model))
     c, s = model.image_channels, probe.size
@@ -144,7 +144,7 @@ def check_contract(model: VideoModel) -> None:
         with torch.no_grad():
             if model.predicts_frames:
                 expected["prediction"] = (1, probe.future, c, s, s)
-                expected["training"] = (1, probe.context + probe.future - 1, c, s, s)
+                expected["training"] = tuple(model.training_targets(frames, probe.context).shape)
                 got["prediction"] = model(frames[:, : probe.context], future_frames=probe.future)
                 got["training"] = model(frames, future_frames=probe.future, context_frames=probe.context, teacher_forcing=1.0)
             if model.num_classes is not None:

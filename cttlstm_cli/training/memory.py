@@ -97,7 +97,8 @@ def step_activation_bytes(model: nn.Module, height: int, width: int) -> int:
     ph, pw = probe_size(height, width, net.downsampling)
     # The input requires grad so that autograd records (and the hook sees) every op even when
     # the model's own parameters are frozen, as a model loaded for prediction may be.
-    frame = torch.rand(1, 1, net.image_channels, ph, pw, **like_parameters(net)).requires_grad_()
+    # A model that reads a fixed number of frames at once (SimVP) takes them all: its step is one forward.
+    frame = torch.rand(1, net.fixed_context or 1, net.image_channels, ph, pw, **like_parameters(net)).requires_grad_()
     saved = _saved_bytes(net, lambda: net(frame, future_frames=1, classify=not net.predicts_frames))
     return int(saved * (height * width) / (ph * pw))
 

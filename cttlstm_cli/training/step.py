@@ -10,20 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cttlstm_cli.models import create_model, teacher_mask
+from cttlstm_cli.models.interface import unwrap
+from cttlstm_cli.models.losses import prediction_loss
 from cttlstm_cli.recipe import Recipe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def prediction_loss(predictions: Tensor, targets: Tensor, kind: str = "l1+l2") -> Tensor:
-    """The mean error over every predicted pixel: ``l1+l2`` (the paper's §4, the default), ``l2``
-    (mean squared error, as OpenSTL trains its baselines) or ``l1``."""
-    loss = predictions.new_zeros(())
-    if "l1" in kind:
-        loss = loss + F.l1_loss(predictions, targets)
-    if "l2" in kind:
-        loss = loss + F.mse_loss(predictions, targets)
-    return loss
 
 
 def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
@@ -77,15 +68,18 @@ def model_loss(
     cross-entropy weighted as ``lambda * L_prediction + CE`` when ``labels`` are given
     (the cross-entropy alone for a model that predicts no frames)."""
     data = recipe.data
+    # The family says which frames its training outputs predict and what its objective adds to the
+    # prediction loss; the forward itself goes through `model` so that DDP's gradient hooks stay in play.
+    net = unwrap(model)
+    targets = net.training_targets(clips, data.input_frames)
     if labels is None:
         outputs = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator)
-        return prediction_loss(outputs.float(), clips[:, 1:].float(), recipe.train.loss)
+        return net.loss(outputs, targets, recipe.train.loss)
     outputs, logits = model(clips, data.future_frames, data.input_frames, teacher_forcing, generator, classify=True)
     cross_entropy = F.cross_entropy(logits.float(), labels)
     if outputs is None:  # a classifier only
         return cross_entropy
-    prediction = prediction_loss(outputs.float(), clips[:, 1:].float(), recipe.train.loss)
-    return recipe.train.prediction_weight * prediction + cross_entropy
+    return recipe.train.prediction_weight * net.loss(outputs, targets, recipe.train.loss) + cross_entropy
 
 
 @contextlib.contextmanager
