@@ -270,3 +270,22 @@ def test_shipped_suites_resolve(path: Path) -> None:
     assert len(models) == len(suite.models) >= 2
     steps = {m.recipe.train.epochs * m.recipe.train.epoch_clips // m.recipe.train.batch_size for m in models}
     assert steps == {suite.budget.steps}
+
+
+def test_a_model_added_to_a_finished_suite_trains_alone(finished, cli, tmp_path: Path) -> None:
+    suite, reference, data = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    trained = {p: p.stat().st_mtime_ns for p in out.glob("*/last.pt")}
+    raw = yaml.safe_load(suite.read_text())
+    raw["models"].append({"name": "simvp", "recipe": "smoke-simvp", "set": {"model.frames": 5}})
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = cli("suite", "run", grown, "--out", out, "--device", "cpu", "-q")
+    assert result.code == 0, result.err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/last.pt") if p.parent.name != "simvp"} == trained
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in summary["models"]] == ["convttlstm", "predrnnpp", "simvp"]
+    assert summary["models"][2]["steps"] == 8
+    cmp = json.loads((out / "comparison" / "comparison.json").read_text())
+    assert [r["label"] for r in cmp["rows"]] == ["convttlstm", "predrnnpp", "simvp"]

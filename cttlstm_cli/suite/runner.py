@@ -159,8 +159,9 @@ class SuiteRun:
     # -- the folder ----------------------------------------------------------------------------
 
     def _check_folder(self) -> None:
-        """Refuse a folder that is a file or holds another suite; forget the evaluation of a
-        suite whose eval or pictures changed (the trainings stay valid)."""
+        """Refuse a folder that is a file or that holds other trainings of the suite's models; after a
+        change of the suite, compare and render again, and evaluate again when ``eval`` changed (the
+        trainings stay valid; models added to the suite train)."""
         import json
 
         if self.out.exists() and not self.out.is_dir():
@@ -179,9 +180,13 @@ class SuiteRun:
         if stored == current:
             return
         stored_models = stored.get("models") if isinstance(stored, dict) else None
-        if not isinstance(stored_models, dict) or set(stored_models) != set(current["models"]):
-            raise CttlstmError(f"{self.out} holds a run of a suite with other models; use another --out (or delete it)")
+        if not isinstance(stored_models, dict):
+            raise CttlstmError(f"{stored_path} is damaged; delete {self.out} to run the suite again")
+        # Models added to the suite train; models taken out leave the comparison (their folders stay);
+        # a model that trains differently is another run.
         for name, recipe in current["models"].items():
+            if not isinstance(stored_models.get(name), dict):
+                continue
             stored_recipe = {k: v for k, v in stored_models[name].items() if k != "eval"}
             key = _difference(stored_recipe, {k: v for k, v in recipe.items() if k != "eval"})
             if key is not None:
@@ -189,9 +194,11 @@ class SuiteRun:
                     f"{self.out} holds a run of this suite whose model '{name}' trained with another {key}; "
                     "use another --out (or delete it) to train with the new one"
                 )
-        # Only the evaluation or the pictures changed: keep the trainings, redo the rest.
-        for model_state in self.state.models.values():
-            model_state.report = None
+        before = stored.get("suite") if isinstance(stored.get("suite"), dict) else {}
+        if _difference(before.get("eval"), current["suite"]["eval"]) is not None:
+            # The evaluation changed: keep the trainings, evaluate again.
+            for model_state in self.state.models.values():
+                model_state.report = None
         self.state.compared = self.state.pictures = False
         self.state.write(self.out)
         write_json_atomic(stored_path, current)
