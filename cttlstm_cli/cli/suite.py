@@ -92,7 +92,6 @@ def run(
     models differ in data, budget or evaluation is refused before anything trains.
     """
     from cttlstm_cli.devices import open_device
-    from cttlstm_cli.errors import CttlstmError
     from cttlstm_cli.suite import SuiteInterrupted, SuiteRun, load_suite
 
     spec = load_suite(suite)
@@ -101,10 +100,10 @@ def run(
     try:
         runner = SuiteRun(spec, suite, out, dev, progress)
         if not quiet:
-            sizes = ", ".join(m.name for m in runner.models)
-            console.print(f"suite {spec.name}: {len(runner.models)} models ({sizes}), {spec.budget.steps:,} steps of "
+            names = ", ".join(m.name for m in runner.models)
+            console.print(f"suite {spec.name}: {len(runner.models)} models ({names}), {spec.budget.steps:,} steps of "
                           f"{spec.budget.batch_size} clips each, into {out}", markup=False, highlight=False, soft_wrap=True)
-        cmp = runner.run()
+        runner.run()
     except SuiteInterrupted as stop:
         err_console.print(f"interrupted: {stop}; continue with the same command: cttlstm suite run {suite} --out {out}",
                           markup=False, highlight=False, soft_wrap=True)
@@ -116,8 +115,6 @@ def run(
     finally:
         if progress is not None:
             progress.close()
-    if cmp is None:  # pragma: no cover - run() always returns one
-        raise CttlstmError("the suite produced no comparison")
     console.print((out / "summary.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'comparison'}, {out / 'predictions.gif'}, {out / 'summary.md'}", markup=False,
                   highlight=False, soft_wrap=True)

@@ -169,11 +169,14 @@ class VideoModel(nn.Module, ABC):
 
     def counted_macs(self, height: int, width: int) -> int:
         """Multiply-accumulates of one-step prediction for one sample, by torch's FLOP counter
-        (2 FLOPs per MAC): one context frame in, one frame out (a classifier: one frame classified)."""
-        frame = torch.zeros(1, 1, self.image_channels, height, width, **like_parameters(self))
+        (2 FLOPs per MAC): one context frame in, one frame out (a classifier: one frame classified).
+        A model with a :attr:`fixed_context` of T frames runs one forward of T frames in and T out,
+        and the count is per predicted frame (a T-th of it)."""
+        frames = self.fixed_context or 1
+        clip = torch.zeros(1, frames, self.image_channels, height, width, **like_parameters(self))
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            self(frame, future_frames=1, classify=not self.predicts_frames)
-        return counter.get_total_flops() // 2
+            self(clip, future_frames=frames, classify=not self.predicts_frames)
+        return counter.get_total_flops() // 2 // frames
 
     def macs_per_step(self, height: int, width: int) -> int:
         """The paper's FLOPs figure (multiplications for one-step prediction per sample)."""

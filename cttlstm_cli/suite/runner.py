@@ -127,16 +127,6 @@ def resolved_suite(suite: Suite, models: list[ResolvedModel]) -> dict[str, Any]:
             "models": {m.name: m.recipe.to_dict() for m in models}}
 
 
-def _difference(stored: Any, current: Any, prefix: str = "") -> str | None:
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in sorted(set(stored) | set(current)):
-            found = _difference(stored.get(key), current.get(key), f"{prefix}{key}.")
-            if found:
-                return found
-        return None
-    return prefix.rstrip(".") if stored != current else None
-
-
 def _eval_dir(model_dir: Path, suite: Suite) -> Path:
     from cttlstm_cli.evaluation.runner import default_output_dir
 
@@ -164,8 +154,8 @@ class SuiteRun:
         trainings stay valid; models added to the suite train)."""
         import json
 
-        if self.out.exists() and not self.out.is_dir():
-            raise CttlstmError(f"--out {self.out} is a file, not a folder")
+        from cttlstm_cli.training.trainer import recipe_difference
+
         current = resolved_suite(self.suite, self.models)
         stored_path = self.out / RESOLVED_NAME
         if not stored_path.is_file():
@@ -187,15 +177,14 @@ class SuiteRun:
         for name, recipe in current["models"].items():
             if not isinstance(stored_models.get(name), dict):
                 continue
-            stored_recipe = {k: v for k, v in stored_models[name].items() if k != "eval"}
-            key = _difference(stored_recipe, {k: v for k, v in recipe.items() if k != "eval"})
+            key = recipe_difference(stored_models[name], recipe, ignore={"eval"})
             if key is not None:
                 raise CttlstmError(
                     f"{self.out} holds a run of this suite whose model '{name}' trained with another {key}; "
                     "use another --out (or delete it) to train with the new one"
                 )
         before = stored.get("suite") if isinstance(stored.get("suite"), dict) else {}
-        if _difference(before.get("eval"), current["suite"]["eval"]) is not None:
+        if before.get("eval") != current["suite"]["eval"]:
             # The evaluation changed: keep the trainings, evaluate again.
             for model_state in self.state.models.values():
                 model_state.report = None
@@ -325,12 +314,11 @@ class SuiteRun:
             return
         self._phase_started = time.monotonic()
         ev = self.suite.eval
-        started = time.monotonic()
 
         def progress(description: str, done: int, total: int) -> None:
             left = None
             if done:
-                left = (time.monotonic() - started) / done * (total - done)
+                left = (time.monotonic() - self._phase_started) / done * (total - done)
             self._emit("evaluate", model, done, total, left)
 
         report = evaluate_checkpoint(
@@ -345,7 +333,7 @@ class SuiteRun:
     def _compare(self) -> Any:
         from cttlstm_cli.evaluation.compare import build_comparison, write_comparison
 
-        self._emit("compare", line=None)
+        self._emit("compare")
         rows = [self.state.models[m.name].probe for m in self.models if self.state.models[m.name].probe]
         cmp = build_comparison([str(self.out / m.name) for m in self.models], profile=rows,
                                convention=self.suite.eval.convention, future=self.suite.eval.future_frames)

@@ -23,7 +23,7 @@ from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import DataConfig, Recipe, as_given, load_recipe, recipe_from_dict
 
 #: the train keys the budget owns: a suite's ``train`` section and a model's ``set`` may not change them
-BUDGET_KEYS = {"batch_size": "batch_size", "epochs": "epochs", "epoch_clips": None, "seed": "seed"}
+BUDGET_KEYS = frozenset({"batch_size", "epochs", "epoch_clips", "seed"})
 #: the eval keys the suite owns
 EVAL_KEYS = ("future_frames", "metrics", "convention", "batch_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -51,6 +51,10 @@ class Budget(_Strict):
     def epoch_clips(self) -> int:
         """Clips per epoch: the steps of one epoch times the clips per step."""
         return self.steps // self.epochs * self.batch_size
+
+    def train_keys(self) -> dict[str, int]:
+        """The budget as the recipe's train keys (:data:`BUDGET_KEYS`)."""
+        return {"batch_size": self.batch_size, "epochs": self.epochs, "epoch_clips": self.epoch_clips, "seed": self.seed}
 
 
 class SuiteEval(_Strict):
@@ -225,8 +229,7 @@ def resolve_models(suite: Suite, suite_path: str | Path) -> list[ResolvedModel]:
 
     suite_path = Path(suite_path)
     data = suite.data.model_dump(mode="json")
-    budget = {"batch_size": suite.budget.batch_size, "epochs": suite.budget.epochs,
-              "epoch_clips": suite.budget.epoch_clips, "seed": suite.budget.seed}
+    budget = suite.budget.train_keys()
     evaluation = {k: getattr(suite.eval, k) for k in EVAL_KEYS}
     shared = _dotted({"data": data, "train": budget, "eval": evaluation})
     resolved = []
@@ -241,10 +244,7 @@ def resolve_models(suite: Suite, suite_path: str | Path) -> list[ResolvedModel]:
         raw["data"] = dict(data)
         raw["train"] = {**raw["train"], **suite.train, **budget}
         raw["eval"] = {**raw["eval"], **evaluation}
-        try:
-            recipe = recipe_from_dict(raw, f"{where} ({path})", entry.overrides())
-        except CttlstmError as err:
-            raise CttlstmError(str(err)) from None
+        recipe = recipe_from_dict(raw, f"{where} ({path})", entry.overrides())
         got = _dotted(recipe.to_dict())
         for key, value in shared.items():
             if got.get(key) != value:

@@ -134,15 +134,18 @@ def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
-def recipe_difference(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str | None:
-    """First key (dotted) whose value differs, ignoring :data:`RESUMABLE_CHANGES`."""
+def recipe_difference(
+    stored: dict[str, Any], current: dict[str, Any], prefix: str = "", ignore: set[str] | frozenset[str] = frozenset(RESUMABLE_CHANGES)
+) -> str | None:
+    """First key (dotted) whose value differs, ignoring the dotted keys ``ignore`` (by default
+    :data:`RESUMABLE_CHANGES`, what a resume may change)."""
     for key in sorted(set(stored) | set(current)):
         path = f"{prefix}{key}"
-        if path in RESUMABLE_CHANGES:
+        if path in ignore:
             continue
         a, b = stored.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = recipe_difference(a, b, path + ".")
+            found = recipe_difference(a, b, path + ".", ignore)
             if found:
                 return found
         elif a != b:

@@ -110,19 +110,6 @@ class SimVPBase(VideoModel):
             outputs.append(x)
         return torch.cat(outputs, dim=1)[:, :future_frames]
 
-    def counted_macs(self, height: int, width: int) -> int:
-        """Multiply-accumulates per predicted frame: one forward of T frames (torch's FLOP counter),
-        divided by T; the whole 10-frame forward is ``frames`` times this."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        from cttlstm_cli.models.interface import like_parameters
-
-        t = self.config.frames
-        clip = torch.zeros(1, t, self.image_channels, height, width, **like_parameters(self))
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            self.block(clip)
-        return counter.get_total_flops() // 2 // t
-
 
 @register_model("simvp")
 class SimVP(SimVPBase):
