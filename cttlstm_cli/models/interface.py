@@ -142,6 +142,13 @@ class VideoModel(nn.Module, ABC):
         returns ``clips[:, context_frames:]``."""
         return clips[:, 1:]
 
+    def teacher_forcing(self, step: int, ratio: float) -> float:
+        """The scheduled-sampling ratio (probability of feeding the ground truth) of the training forward
+        at optimizer step ``step`` (0 for the first), given ``ratio``, the recipe's plateau schedule's
+        (train.scheduled_sampling): by default ``ratio``; a family whose paper trains with its own
+        iteration-driven schedule (PredRNN's linear decay) returns that instead."""
+        return ratio
+
     def loss(self, outputs: Tensor, targets: Tensor, kind: str = "l1+l2") -> Tensor:
         """The training objective for the training form's ``outputs`` against ``targets``
         (:meth:`training_targets`): the recipe's prediction loss ``kind`` (train.loss); a family

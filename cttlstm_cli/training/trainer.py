@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from cttlstm_cli.atomic import NoSpaceError, no_space_as_error, write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.models.interface import unwrap
 from cttlstm_cli.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointRefusedError,
@@ -546,6 +547,12 @@ class Trainer:
             return clips, labels.to(self.device, non_blocking=True)
         return clips, None
 
+    @property
+    def teacher_forcing(self) -> float:
+        """The scheduled-sampling ratio of the next optimizer step: the model family's own schedule,
+        or the plateau schedule's ratio when the family has none."""
+        return unwrap(self.model).teacher_forcing(self.step, self.schedule.ratio)
+
     def steps_per_epoch(self) -> int:
         """Optimizer steps of one epoch on this process (its share of ``train.epoch_clips``, whole batches)."""
         per_rank = len(range(self.dist.rank, len(self.train_set), self.dist.world))  # type: ignore[arg-type]
@@ -781,9 +788,10 @@ class Trainer:
             if first:  # timed alone, so that the estimate is the step's and not the loader's start-up
                 self._sync()
                 started = time.perf_counter()
+            forcing = self.teacher_forcing
             self._torn = True
             loss = train_step(
-                self.model, self.optimizer, clips, self.recipe, self.schedule.ratio, self.scaler, gen, labels, self.micro_batch.size
+                self.model, self.optimizer, clips, self.recipe, forcing, self.scaler, gen, labels, self.micro_batch.size
             )
             self.step += 1
             self.position += 1
@@ -814,7 +822,7 @@ class Trainer:
                     "epoch": self.epoch,
                     "loss": float(totals[0] / totals[1]),
                     "lr": lr,
-                    "teacher_forcing": self.schedule.ratio,
+                    "teacher_forcing": forcing,
                     "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
                 }
                 self.write_metrics(record)
@@ -851,7 +859,7 @@ class Trainer:
             "epoch": self.epoch - 1,
             "val_loss": val_loss,
             "best_val_loss": self.schedule.best_loss,
-            "teacher_forcing": self.schedule.ratio,
+            "teacher_forcing": self.teacher_forcing,
             "lr_scale": self.schedule.lr_scale,
         }
         self.write_metrics(record)
