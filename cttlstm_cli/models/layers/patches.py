@@ -10,8 +10,14 @@ dimensions, so a whole clip ``[B, T, C, H, W]`` is reshaped in one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from cttlstm_cli.models.layers.conv import apply_conv
 
 
 def patch_channels(channels: int, patch: int) -> int:
@@ -39,3 +45,27 @@ def depth_to_space(x: Tensor, patch: int) -> Tensor:
     if x.shape[-3] % (patch * patch):
         raise ValueError(f"{x.shape[-3]} channels are not a multiple of patch**2 = {patch * patch}")
     return x if patch == 1 else F.pixel_shuffle(x, patch)
+
+
+def patched_prefix(
+    frames: Tensor,
+    state: Any,
+    patch: int,
+    bottom_gates: Callable[[Tensor], Tensor],
+    advance: Callable[[Tensor, Any], tuple[Tensor, Any]],
+    head: nn.Module,
+) -> tuple[Tensor, Any]:
+    """Known inputs ``frames [B, P, C, H, W]`` through a patch-based recurrent stack, equal to P single
+    steps: the patch reshape, the bottom layer's input convolutions (``bottom_gates``) and the ``head``
+    run once over all P steps; ``advance(gates_t, state) -> (top, state)`` runs the stack for one step
+    from the bottom layer's input gates. Everything that reads the previous step stays sequential."""
+    batch, steps = frames.shape[:2]
+    # Time-major [P*B, ...]: each step is one contiguous slice, so splitting costs nothing and the
+    # split's backward is one concatenation.
+    x = space_to_depth(frames.transpose(0, 1).flatten(0, 1), patch)
+    tops = []
+    for gates in bottom_gates(x).split(batch):
+        top, state = advance(gates, state)
+        tops.append(top)
+    out = depth_to_space(apply_conv(head, torch.cat(tops)), patch)
+    return out.unflatten(0, (steps, batch)).transpose(0, 1), state

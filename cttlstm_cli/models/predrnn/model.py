@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from cttlstm_cli.models.interface import RecurrentVideoModel
 from cttlstm_cli.models.layers import apply_conv
-from cttlstm_cli.models.layers.patches import depth_to_space, patch_channels, space_to_depth
+from cttlstm_cli.models.layers.patches import depth_to_space, patch_channels, patched_prefix, space_to_depth
 from cttlstm_cli.models.predrnn.cells import SpatioTemporalLSTMCell
 from cttlstm_cli.models.predrnn.config import PredRNNConfig
 from cttlstm_cli.models.predrnn.flops import analytic_macs, layer_inputs
@@ -108,19 +108,13 @@ class PredRNN(RecurrentVideoModel):
 
     def prefix(self, frames: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
         """Equal to P calls of :meth:`step`, but layer 1's input convolution and the head run once over
-        all P steps (their inputs are known); the rest is sequential."""
-        batch, steps = frames.shape[:2]
-        patch = self.config.patch
+        all P steps (their inputs are known; :func:`patched_prefix`); the rest is sequential."""
         first = self.cells[0]
-        x = space_to_depth(frames.transpose(0, 1).flatten(0, 1), patch)  # time-major [P*B, ...]
-        gates = iter(first.input_gates(x).split(batch))
 
-        def cell_fn(cell: SpatioTemporalLSTMCell, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, ...]:
-            return cell(next(gates) if cell is first else cell.input_gates(x), h, c, m)
+        def advance(gates: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
+            def cell_fn(cell: SpatioTemporalLSTMCell, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, ...]:
+                return cell(gates if cell is first else cell.input_gates(x), h, c, m)
 
-        tops = []
-        for _ in range(steps):
-            top, state = self.through_stack(x, state, cell_fn)  # layer 1 ignores x here
-            tops.append(top)
-        out = depth_to_space(apply_conv(self.head, torch.cat(tops)), patch)
-        return out.unflatten(0, (steps, batch)).transpose(0, 1), state
+            return self.through_stack(gates, state, cell_fn)  # layer 1 reads its gates, not x
+
+        return patched_prefix(frames, state, self.config.patch, first.input_gates, advance, self.head)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from cttlstm_cli.models.interface import RecurrentVideoModel
 from cttlstm_cli.models.layers import apply_conv
-from cttlstm_cli.models.layers.patches import depth_to_space, patch_channels, space_to_depth
+from cttlstm_cli.models.layers.patches import depth_to_space, patch_channels, patched_prefix, space_to_depth
 from cttlstm_cli.models.predrnnpp.cells import CausalLSTMCell, GradientHighwayUnit
 from cttlstm_cli.models.predrnnpp.config import PredRNNPPConfig
 from cttlstm_cli.models.predrnnpp.flops import analytic_macs, layer_shapes
@@ -120,23 +120,16 @@ class PredRNNPP(RecurrentVideoModel):
 
         Equal to P calls of :meth:`step`, but the patch reshape and layer 1's input convolutions
         (X's share of W1, W2 and W4) for all P steps run as one batched convolution, and so do the
-        head and the inverse reshape. Everything else is sequential: layer k >= 2 reads the layer
-        below at the same step, and layer 1 reads the top layer's M of the previous step.
+        head and the inverse reshape (:func:`patched_prefix`). Everything else is sequential: layer
+        k >= 2 reads the layer below at the same step, and layer 1 reads the top layer's M of the
+        previous step.
         """
-        batch, steps = frames.shape[:2]
-        patch = self.config.patch
         first = self.cells[0]
-        # Time-major [P*B, ...]: each step is one contiguous slice, so splitting costs nothing and
-        # the split's backward is one concatenation.
-        x = space_to_depth(frames.transpose(0, 1).flatten(0, 1), patch)
-        gates = iter(first.input_gates(x).split(batch))
 
-        def cell_fn(cell: CausalLSTMCell, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return cell(next(gates) if cell is first else cell.input_gates(x), h, c, m)
+        def advance(gates: Tensor, state: NetworkState) -> tuple[Tensor, NetworkState]:
+            def cell_fn(cell: CausalLSTMCell, x: Tensor, h: Tensor, c: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                return cell(gates if cell is first else cell.input_gates(x), h, c, m)
 
-        tops = []
-        for _ in range(steps):
-            top, state = self.through_stack(x, state, cell_fn, _fast_highway)  # layer 1 ignores x here
-            tops.append(top)
-        out = depth_to_space(apply_conv(self.head, torch.cat(tops)), patch)
-        return out.unflatten(0, (steps, batch)).transpose(0, 1), state
+            return self.through_stack(gates, state, cell_fn, _fast_highway)  # layer 1 reads its gates, not x
+
+        return patched_prefix(frames, state, self.config.patch, first.input_gates, advance, self.head)
