@@ -13,6 +13,7 @@ PASS or FAIL; exits 1 when a goal is missed.
     python benchmarks/bench_suite.py                         # into runs/table2-cpu
     python benchmarks/bench_suite.py --out runs/t2 --suite suites/table2-cpu.yaml
     python benchmarks/bench_suite.py --check-only            # read a finished suite, train nothing
+    python benchmarks/bench_suite.py --models tau predrnnv2 --out runs/t2-new   # some models alone, same budget
 """
 
 from __future__ import annotations
@@ -60,17 +61,36 @@ def check(summary: dict, short: int, long: int) -> list[tuple[str, bool, str]]:
     return results
 
 
+def subset_suite(path: Path, names: list[str]) -> Path:
+    """A copy of suite ``path`` with only the models ``names``, written beside it as ``.NAME.subset.yaml`` so
+    that its recipes resolve as the original's do; an unknown name exits with one line."""
+    import yaml
+
+    suite = yaml.safe_load(path.read_text(encoding="utf-8"))
+    known = [m["name"] for m in suite["models"]]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        sys.exit(f"error: {path} has no model {', '.join(unknown)}; its models: {', '.join(known)}")
+    suite["models"] = [m for m in suite["models"] if m["name"] in names]
+    subset = path.with_name(f".{path.stem}.subset.yaml")
+    subset.write_text(yaml.safe_dump(suite, sort_keys=False), encoding="utf-8")
+    return subset
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=str(REPO / "suites" / "table2-cpu.yaml"))
     parser.add_argument("--out", default="runs/table2-cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--check-only", action="store_true", help="Read a finished suite's summary; train nothing.")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="train and check only these models of the suite (the same data, budget and evaluation)")
     parser.add_argument("--short", type=int, default=10, help="the horizon held to 20%% below (default 10)")
     parser.add_argument("--long", type=int, default=30, help="the horizon held to below (default 30)")
     args = parser.parse_args()
+    suite = subset_suite(Path(args.suite), args.models) if args.models else args.suite
     if not args.check_only:
-        command = [sys.executable, "-m", "cttlstm_cli", "suite", "run", args.suite, "--out", args.out, "--device", args.device]
+        command = [sys.executable, "-m", "cttlstm_cli", "suite", "run", str(suite), "--out", args.out, "--device", args.device]
         print("$", " ".join(command[2:]), flush=True)
         if subprocess.call(command) != 0:
             print("FAIL: the suite did not finish")

@@ -86,6 +86,19 @@ class LRDecay(Section):
     every: int = Field(5, ge=1)
 
 
+class OneCycle(Section):
+    """The one-cycle learning rate (``train.lr_schedule: onecycle``): torch's ``OneCycleLR`` over the
+    run's optimizer steps, with torch's defaults, which are what OpenSTL trains SimVP and TAU with."""
+
+    warmup: float = Field(
+        0.3, ge=0.0, lt=1.0, allow_inf_nan=False, description="fraction of the run's steps spent rising to train.lr (torch's pct_start)"
+    )
+    div_factor: float = Field(25.0, gt=0.0, allow_inf_nan=False, description="the first step's lr is train.lr / div_factor")
+    final_div_factor: float = Field(
+        1e4, gt=0.0, allow_inf_nan=False, description="the last step's lr is train.lr / (div_factor * final_div_factor)"
+    )
+
+
 class TrainConfig(Section):
     """The paper's training recipe (design §3)."""
 
@@ -105,6 +118,10 @@ class TrainConfig(Section):
     )
     scheduled_sampling: ScheduledSampling = Field(default_factory=ScheduledSampling)
     lr_decay: LRDecay = Field(default_factory=LRDecay)
+    lr_schedule: Literal["plateau", "onecycle"] = Field(
+        "plateau", description="plateau: the paper's (lr_decay, per epoch); onecycle: one_cycle, set every optimizer step"
+    )
+    one_cycle: OneCycle = Field(default_factory=OneCycle)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the model; true is mode 'default', 'reduce-overhead' adds CUDA graphs"

@@ -52,6 +52,30 @@ def one_error_line(result: CliResult) -> str:
     return result.err.strip()
 
 
+def assert_training_forward_matches(
+    fast, reference, clips, future: int, context: int, teacher_forcing: float, seed: int = 1  # noqa: ANN001 - models, a tensor
+) -> None:
+    """One training forward and backward of a fast path and of its reference (a copy of it, so that each keeps
+    its own BatchNorm running statistics) in float64: the same outputs, gradients and buffers. Both draw from
+    a generator seeded alike, and from the global one seeded alike (stochastic depth)."""
+    import torch
+
+    targets = fast.training_targets(clips, context)
+    outputs = []
+    for model in (fast, reference):
+        torch.manual_seed(seed)
+        model.zero_grad()
+        generator = torch.Generator().manual_seed(seed)
+        out = model(clips, future, context_frames=context, teacher_forcing=teacher_forcing, generator=generator)
+        (out - targets).abs().mean().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
+    for (name, a), b in zip(fast.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """Run ``cttlstm ARGS...`` in-process through the real entry point (error handling included)."""

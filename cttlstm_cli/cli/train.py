@@ -145,7 +145,7 @@ class TrainProgress:
                                  stats=f"loss {loss}  {speed}", deadline=None if epoch_left is None else now + epoch_left)
         total = self.per_epoch * self.epochs
         self.progress.update(self.run_task, completed=trainer.step, count=f"{100 * trainer.step / total:.1f}%",
-                             stats=f"lr {trainer.recipe.train.lr * trainer.schedule.lr_scale:.2e}  tf {trainer.teacher_forcing:.2f}",
+                             stats=f"lr {trainer.lr:.2e}  tf {trainer.teacher_forcing:.2f}",
                              deadline=None if run_left is None else now + run_left)
 
     def validating(self, trainer: Any, done: int, total: int) -> None:

@@ -13,7 +13,15 @@
 import importlib
 import pkgutil
 
-from cttlstm_cli.models.interface import ModelConfig, RecurrentVideoModel, ReferenceModel, VideoModel, teacher_mask, unwrap
+from cttlstm_cli.models.interface import (
+    ModelConfig,
+    RecurrentVideoModel,
+    ReferenceModel,
+    Sampling,
+    VideoModel,
+    teacher_mask,
+    unwrap,
+)
 from cttlstm_cli.models.registry import (
     DEFAULT_ARCH,
     create_model,
@@ -36,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "RecurrentVideoModel",
     "ReferenceModel",
+    "Sampling",
     "VideoModel",
     "create_model",
     "model_class",

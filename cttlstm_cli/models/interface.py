@@ -13,7 +13,7 @@ The forward contract (frames are ``[B, T, C, H, W]`` with values in [0, 1]):
   generator=g)``: ``clips`` holds I context frames and the F ground-truth futures; returns
   all ``I + F - 1`` one-step outputs (output t predicts frame t + 1), each later input being
   the ground truth with probability ``p`` (scheduled sampling, :func:`teacher_mask`) and the
-  previous prediction otherwise;
+  previous prediction otherwise; a :class:`Sampling` in place of ``p`` also samples the context;
 * ``classify=True`` (families with an activity classifier, ``num_classes`` set) adds the
   activity logits ``[B, num_classes]``: ``(outputs, logits)``.
 
@@ -30,6 +30,7 @@ when it can run known inputs faster than step by step.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -142,11 +143,12 @@ class VideoModel(nn.Module, ABC):
         returns ``clips[:, context_frames:]``."""
         return clips[:, 1:]
 
-    def teacher_forcing(self, step: int, ratio: float) -> float:
+    def teacher_forcing(self, step: int, ratio: float) -> float | Sampling:
         """The scheduled-sampling ratio (probability of feeding the ground truth) of the training forward
         at optimizer step ``step`` (0 for the first), given ``ratio``, the recipe's plateau schedule's
         (train.scheduled_sampling): by default ``ratio``; a family whose paper trains with its own
-        iteration-driven schedule (PredRNN's linear decay) returns that instead."""
+        iteration-driven schedule (PredRNN's linear decay) returns that instead, and one that also
+        samples the context (PredRNN-V2) a :class:`Sampling`."""
         return ratio
 
     def loss(self, outputs: Tensor, targets: Tensor, kind: str = "l1+l2") -> Tensor:
@@ -163,7 +165,7 @@ class VideoModel(nn.Module, ABC):
         frames: Tensor,
         future_frames: int = 10,
         context_frames: int | None = None,
-        teacher_forcing: float | Tensor = 0.0,
+        teacher_forcing: float | Tensor | Sampling = 0.0,
         generator: torch.Generator | None = None,
         classify: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -191,6 +193,56 @@ class VideoModel(nn.Module, ABC):
         return self.counted_macs(height, width) if analytic is None else analytic
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Scheduled sampling of the whole training rollout, for a family that also samples its context
+    (PredRNN-V2's reverse scheduled sampling). ``future`` is what a plain ``teacher_forcing`` value is:
+    the probability that each input after the context is the ground truth, or a ``[B, F-1]`` mask;
+    ``context`` the probability that each context input after the first is the ground truth rather
+    than the previous prediction, or a ``[B, I-1]`` mask. ``Sampling(p)`` rolls out exactly as ``p``."""
+
+    future: float | Tensor
+    context: float | Tensor = 1.0
+
+    def __getitem__(self, part: slice) -> Sampling:
+        """The choices of the clips ``part`` of the batch (masks are sliced; a probability fits any batch)."""
+        return Sampling(*(v[part] if isinstance(v, Tensor) else v for v in (self.future, self.context)))
+
+    def drawn(
+        self,
+        batch: int,
+        frames: Tensor,
+        input_frames: int,
+        future_frames: int,
+        generator: torch.Generator | None = None,
+    ) -> Sampling:
+        """The same sampling with its choices drawn for the whole batch, as a rollout of it would draw them
+        (micro-batches then take their slices: the step equals one big batch's)."""
+        future, context = sampling_masks(self, batch, frames, input_frames, future_frames, generator)
+        return Sampling(0.0 if future is None else future, 1.0 if context is None else context)
+
+
+def sampling_record(teacher_forcing: float | Sampling) -> dict[str, float]:
+    """The metrics.jsonl fields of a step's scheduled sampling (:meth:`VideoModel.teacher_forcing`):
+    ``teacher_forcing``, the future's probability, and ``context_truth`` where the context is sampled."""
+    if not isinstance(teacher_forcing, Sampling):
+        return {"teacher_forcing": teacher_forcing}
+    record = {"teacher_forcing": float(teacher_forcing.future)}
+    if teacher_forcing.context != 1.0:
+        record["context_truth"] = float(teacher_forcing.context)
+    return record
+
+
+def _choices(
+    probability: float, batch: int, steps: int, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    """``[batch, steps]`` draws, each True with ``probability`` (all True from 1 on, drawing nothing)."""
+    if probability >= 1.0:
+        return torch.ones(batch, steps, dtype=torch.bool, device=device)
+    draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else device)
+    return (draws < probability).to(device)
+
+
 def teacher_mask(
     teacher_forcing: float | Tensor,
     batch: int,
@@ -207,10 +259,28 @@ def teacher_mask(
         return None
     if frames.shape[1] < input_frames + steps:
         raise ValueError("teacher forcing needs the ground-truth future frames in `frames`")
-    if teacher_forcing >= 1.0:
-        return torch.ones(batch, steps, dtype=torch.bool, device=frames.device)
-    draws = torch.rand(batch, steps, generator=generator, device=generator.device if generator else frames.device)
-    return (draws < teacher_forcing).to(frames.device)
+    return _choices(teacher_forcing, batch, steps, frames.device, generator)
+
+
+def sampling_masks(
+    teacher_forcing: float | Tensor | Sampling,
+    batch: int,
+    frames: Tensor,
+    input_frames: int,
+    future_frames: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """A rollout's choices (True: feed the ground truth), the future's first: ``[batch, F-1]`` or None
+    when no future input is the ground truth (:func:`teacher_mask`), and ``[batch, I-1]`` for the context
+    inputs after the first, or None when every one is the ground truth (any plain value)."""
+    sampling = teacher_forcing if isinstance(teacher_forcing, Sampling) else Sampling(teacher_forcing)
+    future = teacher_mask(sampling.future, batch, future_frames - 1, frames, input_frames, generator)
+    context = sampling.context
+    if isinstance(context, Tensor):
+        return future, context.to(device=frames.device, dtype=torch.bool)
+    if context >= 1.0 or input_frames <= 1:
+        return future, None
+    return future, _choices(context, batch, input_frames - 1, frames.device, generator)
 
 
 class RecurrentVideoModel(VideoModel):
@@ -247,7 +317,7 @@ class RecurrentVideoModel(VideoModel):
         frames: Tensor,
         input_frames: int,
         future_frames: int,
-        teacher_forcing: float | Tensor = 0.0,
+        teacher_forcing: float | Tensor | Sampling = 0.0,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, State]:
         """Run ``input_frames + future_frames - 1`` steps; output t predicts frame t+1.
@@ -256,21 +326,30 @@ class RecurrentVideoModel(VideoModel):
         where it also holds ground-truth futures, each later input is, per sample and
         per step, the ground truth with probability ``teacher_forcing`` and the
         previous prediction otherwise (scheduled sampling). A ``[B, F-1]`` boolean
-        tensor may be passed instead of a probability to fix the choices.
+        tensor may be passed instead of a probability to fix the choices, and a
+        :class:`Sampling` samples the context inputs after the first as well.
         Returns the outputs ``[B, I+F-1, C, H, W]`` and the final state.
         """
         batch, _, _, height, width = frames.shape
         steps = input_frames + future_frames - 1
-        use_truth = teacher_mask(teacher_forcing, batch, future_frames - 1, frames, input_frames, generator)
+        use_truth, context_truth = sampling_masks(
+            teacher_forcing, batch, frames, input_frames, future_frames, generator
+        )
+        future = teacher_forcing.future if isinstance(teacher_forcing, Sampling) else teacher_forcing
         state = self.init_state(batch, height, width, frames.device, frames.dtype)
         outputs: list[Tensor] = []
         # Inputs are known in advance for the context and, under full teacher forcing,
         # for every step: that prefix goes through prefix(). A float of 1.0 says so
         # without reading the mask (a data-dependent branch would break a compiled graph).
-        all_truth = isinstance(teacher_forcing, float | int) and teacher_forcing >= 1.0
+        all_truth = isinstance(future, float | int) and future >= 1.0
         if use_truth is not None and not all_truth:
             all_truth = bool(use_truth.all())
         known = steps if use_truth is not None and all_truth else input_frames
+        if context_truth is not None:
+            # A sampled context is known only up to the first input some clip takes from its prediction.
+            predicted = (~context_truth).any(dim=0).nonzero()
+            if len(predicted):
+                known = min(known, 1 + int(predicted[0]))
         start = 0
         if known > 1:
             prefix, state = self.prefix(frames[:, :known], state)
@@ -279,6 +358,8 @@ class RecurrentVideoModel(VideoModel):
         for t in range(start, steps):
             if t < input_frames:
                 x = frames[:, t]
+                if context_truth is not None and t > 0:
+                    x = torch.where(context_truth[:, t - 1, None, None, None], x, outputs[-1])
             else:
                 prev = outputs[-1]
                 x = prev if use_truth is None else torch.where(use_truth[:, t - input_frames, None, None, None], frames[:, t], prev)
@@ -291,7 +372,7 @@ class RecurrentVideoModel(VideoModel):
         frames: Tensor,
         future_frames: int = 10,
         context_frames: int | None = None,
-        teacher_forcing: float | Tensor = 0.0,
+        teacher_forcing: float | Tensor | Sampling = 0.0,
         generator: torch.Generator | None = None,
         classify: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -309,10 +390,11 @@ class RecurrentVideoModel(VideoModel):
         return outputs
 
 
-class ReferenceModel(RecurrentVideoModel):
-    """Base of the literal per-step reference implementations (each family's ``reference.py``): it
-    runs ``network``'s own parameters (``self.network.*``, shared, not copied) with the same forward
-    contract, so tests and benchmarks can hold the fast path against it."""
+class NetworkReference(VideoModel):
+    """Base of the literal reference implementations (each family's ``reference.py``): it runs
+    ``network``'s own parameters (``self.network.*``, shared, not copied) with the same forward
+    contract, so tests and benchmarks can hold the fast path against it. A recurrent family's reference
+    is a :class:`ReferenceModel`; one that is not recurrent (SimVP's) writes its own ``forward``."""
 
     def __init__(self, network: VideoModel) -> None:
         super().__init__(network.config, network.image_channels)
@@ -325,6 +407,17 @@ class ReferenceModel(RecurrentVideoModel):
     @property
     def num_classes(self) -> int | None:
         return self.network.num_classes
+
+    @property
+    def fixed_context(self) -> int | None:
+        return self.network.fixed_context
+
+    def training_targets(self, clips: Tensor, context_frames: int) -> Tensor:
+        return self.network.training_targets(clips, context_frames)
+
+
+class ReferenceModel(NetworkReference, RecurrentVideoModel):
+    """Base of the literal per-step reference implementations of the recurrent families."""
 
 
 def like_parameters(model: nn.Module) -> dict[str, Any]:

@@ -154,7 +154,7 @@ class SuiteRun:
         trainings stay valid; models added to the suite train)."""
         import json
 
-        from cttlstm_cli.training.trainer import recipe_difference
+        from cttlstm_cli.training.trainer import comparable_recipe, recipe_difference
 
         current = resolved_suite(self.suite, self.models)
         stored_path = self.out / RESOLVED_NAME
@@ -177,7 +177,7 @@ class SuiteRun:
         for name, recipe in current["models"].items():
             if not isinstance(stored_models.get(name), dict):
                 continue
-            key = recipe_difference(stored_models[name], recipe, ignore={"eval"})
+            key = recipe_difference(comparable_recipe(stored_models[name], f"{stored_path} (model '{name}')"), recipe, ignore={"eval"})
             if key is not None:
                 raise CttlstmError(
                     f"{self.out} holds a run of this suite whose model '{name}' trained with another {key}; "

@@ -1,4 +1,8 @@
-"""The paper's plateau-driven schedule for scheduled sampling and the learning rate (design §3).
+"""The learning-rate and scheduled-sampling schedules.
+
+:class:`PlateauSchedule`: the paper's plateau-driven schedule for scheduled sampling and the learning
+rate (design §3). :func:`one_cycle`: the one-cycle learning rate SimVP and TAU are published with
+(``train.lr_schedule: onecycle``), which replaces the plateau schedule's learning rate only.
 
 Phase 0 (teacher forcing): the ground-truth ratio stays at ``start``. Once validation
 loss has not improved for ``scheduled_sampling.patience`` epochs, phase 1 begins: the
@@ -13,6 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import torch
+from torch.optim.lr_scheduler import OneCycleLR
+
+from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import TrainConfig
 
 
@@ -59,3 +67,33 @@ class PlateauSchedule:
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         for key, value in state.items():
             setattr(self, key, type(getattr(self, key))(value))
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int, step: int) -> OneCycleLR | None:
+    """torch's ``OneCycleLR`` over the run's ``total_steps`` optimizer steps, positioned so that the
+    optimizer holds the learning rate (and Adam's beta1, which torch cycles inversely) of optimizer
+    step ``step`` (0-based); the caller steps it after every optimizer step. None under the plateau schedule.
+
+    Its whole state is ``step``: ``last_epoch = step - 1`` is how torch resumes a schedule, and on a
+    resumed run the optimizer's loaded param groups already hold the cycle's ``initial_lr``,
+    ``max_lr`` and ``min_lr``, so a resumed run sets exactly the values an uninterrupted one would.
+    """
+    if cfg.lr_schedule != "onecycle":
+        return None
+    warmup = cfg.one_cycle.warmup
+    if warmup * total_steps == 1.0:  # torch's warm-up then spans zero steps and divides by zero
+        raise CttlstmError(
+            f"train.one_cycle.warmup: {warmup:g} of {total_steps} steps is a warm-up of exactly one step, "
+            "which torch's OneCycleLR cannot take; choose another warm-up fraction"
+        )
+    return OneCycleLR(
+        optimizer,
+        max_lr=cfg.lr,
+        total_steps=total_steps,
+        pct_start=warmup,
+        div_factor=cfg.one_cycle.div_factor,
+        final_div_factor=cfg.one_cycle.final_div_factor,
+        # A finished run (or one past its total: train.epochs lowered on --resume) takes no step and
+        # keeps the last step's lr, as the loop leaves it; torch would refuse a position past the end.
+        last_epoch=min(step, total_steps - 1) - 1,
+    )

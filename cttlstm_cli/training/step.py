@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cttlstm_cli.models import create_model, teacher_mask
-from cttlstm_cli.models.interface import unwrap
+from cttlstm_cli.models.interface import Sampling, unwrap
 from cttlstm_cli.models.losses import prediction_loss
 from cttlstm_cli.recipe import Recipe
 
@@ -60,7 +60,7 @@ def model_loss(
     model: nn.Module,
     clips: Tensor,
     recipe: Recipe,
-    teacher_forcing: float | Tensor,
+    teacher_forcing: float | Tensor | Sampling,
     generator: torch.Generator | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
@@ -97,7 +97,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     clips: Tensor,
     recipe: Recipe,
-    teacher_forcing: float | Tensor,
+    teacher_forcing: float | Tensor | Sampling,
     scaler: torch.amp.GradScaler | None = None,
     generator: torch.Generator | None = None,
     labels: Tensor | None = None,
@@ -116,14 +116,16 @@ def train_step(
     if batch % size:
         raise ValueError(f"micro-batch {size} does not divide the batch of {batch}")
     chunks = batch // size
+    data = recipe.data
+    # Draw the whole batch's scheduled-sampling choices at once, as one big batch would.
     if chunks > 1 and isinstance(teacher_forcing, float | int) and 0.0 < teacher_forcing < 1.0:
-        # Draw the whole batch's scheduled-sampling choices at once, as one big batch would.
-        data = recipe.data
         teacher_forcing = teacher_mask(teacher_forcing, batch, data.future_frames - 1, clips, data.input_frames, generator)  # type: ignore[assignment]
+    elif chunks > 1 and isinstance(teacher_forcing, Sampling):
+        teacher_forcing = teacher_forcing.drawn(batch, clips, data.input_frames, data.future_frames, generator)
     total = torch.zeros((), device=clips.device)
     for i in range(chunks):
         part = slice(i * size, (i + 1) * size)
-        forcing = teacher_forcing[part] if isinstance(teacher_forcing, Tensor) else teacher_forcing
+        forcing = teacher_forcing[part] if isinstance(teacher_forcing, Tensor | Sampling) else teacher_forcing
         # DDP averages gradients once, after the last chunk.
         sync = contextlib.nullcontext() if i == chunks - 1 or not hasattr(model, "no_sync") else model.no_sync()
         with sync:

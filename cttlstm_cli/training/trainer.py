@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from cttlstm_cli.atomic import NoSpaceError, no_space_as_error, write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.interface import unwrap
+from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
 from cttlstm_cli.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointRefusedError,
@@ -52,7 +52,7 @@ from cttlstm_cli.profiling import StepClock, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.locking import RunLock
-from cttlstm_cli.training.schedule import PlateauSchedule
+from cttlstm_cli.training.schedule import PlateauSchedule, one_cycle
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 
 #: recipe keys that may change on --resume without making it another run
@@ -133,6 +133,17 @@ def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
     run_files = ("recipe.yaml", "last.pt", "previous.pt", "best.pt")
     runs = [p for p in root.glob(f"{recipe.name}-*") if any((p / name).exists() for name in run_files)]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def comparable_recipe(raw: Any, source: str) -> Any:
+    """A stored recipe in today's keys and defaults (renamed keys renamed, keys added since, such as
+    ``train.lr_schedule``, at their defaults), so that a run begun by an earlier version still compares
+    equal to its recipe; as stored when it does not validate (it then differs from any valid recipe, and
+    :func:`recipe_difference` names where)."""
+    try:
+        return stored_recipe(raw, source).to_dict()
+    except CttlstmError:
+        return raw
 
 
 def recipe_difference(
@@ -294,6 +305,7 @@ class Trainer:
             self.log(line)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.schedule = PlateauSchedule.from_config(cfg)
+        self._one_cycle: torch.optim.lr_scheduler.OneCycleLR | None = None  # built by fit(), once the step is known
         self.epoch, self.step, self.position = 0, 0, 0
         self.resumed_from: Path | None = None
         self.notes: list[str] = []
@@ -340,11 +352,7 @@ class Trainer:
         run = self.run
         current = self.recipe.to_dict()
         if resume:
-            stored = yaml.safe_load(run.recipe.read_text()) or {}
-            try:  # in today's keys, so that a run begun before a key was renamed still resumes
-                stored = stored_recipe(stored, str(run.recipe)).to_dict()
-            except CttlstmError:
-                pass  # an unreadable stored recipe differs from any valid one; the diff names where
+            stored = comparable_recipe(yaml.safe_load(run.recipe.read_text()) or {}, str(run.recipe))
             diff = recipe_difference(stored, current)
             if diff:
                 raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")
@@ -431,10 +439,7 @@ class Trainer:
         (one copied into the run folder by hand): load_state_dict would print a line per tensor."""
         want = self.recipe.to_dict()
         raw = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
-        try:
-            stored = stored_recipe(raw, f"{path} (stored recipe)").to_dict()
-        except CttlstmError:
-            stored = raw
+        stored = comparable_recipe(raw, f"{path} (stored recipe)")
         held, asked = stored.get("model") or {}, want["model"]
         wrong = f"--resume: {path} is not a checkpoint of this run: it holds"
         advice = "put the run's own checkpoint back, or start a new run with another --out"
@@ -548,10 +553,23 @@ class Trainer:
         return clips, None
 
     @property
-    def teacher_forcing(self) -> float:
-        """The scheduled-sampling ratio of the next optimizer step: the model family's own schedule,
-        or the plateau schedule's ratio when the family has none."""
+    def sampling(self) -> float | Sampling:
+        """The scheduled sampling of the next optimizer step: the model family's own schedule (a
+        :class:`Sampling` where it also samples the context), or the plateau schedule's ratio when the
+        family has none."""
         return unwrap(self.model).teacher_forcing(self.step, self.schedule.ratio)
+
+    @property
+    def teacher_forcing(self) -> float:
+        """The ground-truth ratio of the next optimizer step's future inputs (``teacher_forcing`` in the logs)."""
+        return sampling_record(self.sampling)["teacher_forcing"]
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next optimizer step: the one-cycle's, or the plateau schedule's."""
+        if self._one_cycle is not None:
+            return self.optimizer.param_groups[0]["lr"]
+        return self.recipe.train.lr * self.schedule.lr_scale
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps of one epoch on this process (its share of ``train.epoch_clips``, whole batches)."""
@@ -624,6 +642,7 @@ class Trainer:
         interrupted, saved = False, None
         self._session_steps, self._torn, self._stop_requested = 0, False, False
         self.clock = StepClock()
+        self._one_cycle = one_cycle(self.optimizer, cfg, steps_per_epoch * cfg.epochs, self.step)
         bar = self.progress_factory(self) if (self.progress_factory and self.dist.is_main) else None
         self._bar = bar
         try:
@@ -769,9 +788,9 @@ class Trainer:
 
     def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
         cfg = self.recipe.train
-        lr = cfg.lr * self.schedule.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self._one_cycle is None:  # the plateau schedule moves the lr once per epoch; the one-cycle, every step
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
         if self._session_steps == 0 and self.position < steps_per_epoch:
             # Before the loader starts: its workers' first batch is part of this wait.
             compiling = ", torch.compile included" if cfg.compile else ""
@@ -788,11 +807,14 @@ class Trainer:
             if first:  # timed alone, so that the estimate is the step's and not the loader's start-up
                 self._sync()
                 started = time.perf_counter()
-            forcing = self.teacher_forcing
+            forcing = self.sampling
+            lr = self.lr
             self._torn = True
             loss = train_step(
                 self.model, self.optimizer, clips, self.recipe, forcing, self.scaler, gen, labels, self.micro_batch.size
             )
+            if self._one_cycle is not None and self.step + 1 < self._one_cycle.total_steps:
+                self._one_cycle.step()  # the next step's lr (the last step has no next)
             self.step += 1
             self.position += 1
             self._torn = False
@@ -822,7 +844,7 @@ class Trainer:
                     "epoch": self.epoch,
                     "loss": float(totals[0] / totals[1]),
                     "lr": lr,
-                    "teacher_forcing": forcing,
+                    **sampling_record(forcing),
                     "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
                 }
                 self.write_metrics(record)
@@ -859,7 +881,7 @@ class Trainer:
             "epoch": self.epoch - 1,
             "val_loss": val_loss,
             "best_val_loss": self.schedule.best_loss,
-            "teacher_forcing": self.teacher_forcing,
+            **sampling_record(self.sampling),
             "lr_scale": self.schedule.lr_scale,
         }
         self.write_metrics(record)

@@ -67,14 +67,21 @@ class FrameDecoder(nn.Module):
         return self.readout(self.blocks[-1](x + skip))
 
 
+def large_kernel_sizes(kernel: int, dilation: int = 3) -> tuple[int, int]:
+    """The kernels of :class:`LargeKernelConv` for a receptive field of ``kernel``: the local depthwise
+    one (``2 * dilation - 1``) and the dilated one (the odd size nearest ``kernel / dilation``); 5 and 7
+    for 21. The analytic FLOP count reads them from here too."""
+    far = kernel // dilation + ((kernel // dilation) % 2 - 1)
+    return 2 * dilation - 1, far
+
+
 class LargeKernelConv(nn.Module):
     """A large receptive field of depthwise convolutions: 5x5, then 7x7 dilated by 3 (21x21 in all,
     as in the papers' kernel of 21)."""
 
     def __init__(self, channels: int, kernel: int = 21, dilation: int = 3) -> None:
         super().__init__()
-        local = 2 * dilation - 1
-        far = kernel // dilation + ((kernel // dilation) % 2 - 1)  # the odd size nearest kernel / dilation
+        local, far = large_kernel_sizes(kernel, dilation)
         self.local = nn.Conv2d(channels, channels, local, padding=local // 2, groups=channels)
         self.far = nn.Conv2d(channels, channels, far, padding=dilation * (far - 1) // 2, groups=channels, dilation=dilation)
 
@@ -131,6 +138,14 @@ class MetaFormerBlock(nn.Module):
         return x + self.drop_path(self.scale2[:, None, None] * self.mlp(self.norm2(x)))
 
 
+def translator_widths(channels_in: int, hidden: int, blocks: int) -> list[tuple[int, int]]:
+    """Each translator block's width and the width after it: the first block works at ``channels_in``
+    and hands ``hidden`` on, the last works at ``hidden`` and hands ``channels_in`` back (a 1x1
+    reduction wherever the two differ). The analytic FLOP count reads them from here too."""
+    widths = [channels_in] + [hidden] * (blocks - 1)
+    return list(zip(widths, [hidden] * (blocks - 1) + [channels_in]))
+
+
 class Translator(nn.Module):
     """``blocks`` MetaFormer blocks over the stacked frames' features (``channels_in`` = T · hid_S):
     the first block works at ``channels_in`` and reduces to ``hidden`` by a 1x1 convolution, the last
@@ -141,10 +156,9 @@ class Translator(nn.Module):
         if blocks < 2:
             raise ValueError("the translator needs at least 2 blocks")
         rates = torch.linspace(0.0, drop_path, blocks).tolist()  # stochastic depth grows with depth; 0: none
-        widths = [channels_in] + [hidden] * (blocks - 1)
-        outs = [hidden] * (blocks - 1) + [channels_in]
-        self.blocks = nn.ModuleList(make_block(w, r) for w, r in zip(widths, rates))
-        self.reductions = nn.ModuleList(nn.Conv2d(w, o, 1) if w != o else nn.Identity() for w, o in zip(widths, outs))
+        shapes = translator_widths(channels_in, hidden, blocks)
+        self.blocks = nn.ModuleList(make_block(w, r) for (w, _), r in zip(shapes, rates))
+        self.reductions = nn.ModuleList(nn.Conv2d(w, o, 1) if w != o else nn.Identity() for w, o in shapes)
 
     def forward(self, x: Tensor) -> Tensor:
         for block, reduce in zip(self.blocks, self.reductions):
@@ -154,5 +168,5 @@ class Translator(nn.Module):
 
 __all__ = [
     "ConvBlock", "ConvMlp", "DropPath", "FrameDecoder", "FrameEncoder", "LargeKernelConv", "MetaFormerBlock",
-    "Translator", "sampling_pattern",
+    "Translator", "large_kernel_sizes", "sampling_pattern", "translator_widths",
 ]

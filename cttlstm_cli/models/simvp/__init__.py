@@ -2,7 +2,9 @@
 
 - :mod:`.config`: the recipe section :class:`SimVPConfig`;
 - :mod:`.model`: :class:`SimVPBase` (encoder, translator, decoder, the block-wise forward) and
-  :class:`SimVP`, its gSTA translator (registered as ``simvp``).
+  :class:`SimVP`, its gSTA translator (registered as ``simvp``);
+- :mod:`.flops`: the analytic multiply-accumulate count of the skeleton, and gSTA's mixer;
+- :mod:`.reference`: the literal network, the oracle of the tests (TAU's reference builds on it).
 """
 
 from cttlstm_cli.models.simvp.config import SimVPConfig

@@ -18,6 +18,7 @@ from cttlstm_cli.models.interface import VideoModel
 from cttlstm_cli.models.layers.simvp import FrameDecoder, FrameEncoder, LargeKernelConv, MetaFormerBlock, Translator
 from cttlstm_cli.models.registry import register_model
 from cttlstm_cli.models.simvp.config import SimVPConfig
+from cttlstm_cli.models.simvp.flops import analytic_macs, gsta_mixer_macs
 
 
 class GatedAttention(nn.Module):
@@ -53,6 +54,15 @@ class SimVPBase(VideoModel):
     def make_block(self, channels: int, drop_path: float) -> nn.Module:
         """One translator block of ``channels`` channels."""
         return MetaFormerBlock(channels, GatedAttention(channels, self.config.attention_kernel), self.config.mlp_ratio, drop_path)
+
+    def mixer_macs(self, channels: int, pixels: int) -> int:
+        """Multiply-accumulates of one :meth:`make_block`'s token mixer of ``channels`` channels on one
+        sample's ``pixels`` feature pixels: the one part of the analytic count a subclass's translator changes."""
+        return gsta_mixer_macs(self.config, channels, pixels)
+
+    def analytic_macs(self, height: int, width: int) -> int:
+        """Per predicted frame (a T-th of one forward of T frames); :mod:`.flops` holds the count."""
+        return analytic_macs(self.config, self.image_channels, height, width, self.mixer_macs)
 
     @property
     def downsampling(self) -> int:
