@@ -27,7 +27,7 @@ from cttlstm_cli.recipe import Recipe, load_recipe
 from cttlstm_cli.training.step import train_step
 from cttlstm_cli.training.trainer import Trainer
 
-from conftest import RECIPES, REPO, assert_training_forward_matches
+from conftest import RECIPES, REPO, assert_training_forward_matches, leave_ddp_worker
 from synthetic import BouncingSquares, brightness_labelled_dataset
 
 SIZE, CONTEXT, FUTURE = 16, 4, 4
@@ -166,7 +166,7 @@ def _ddp_worker(rank: int, world: int, port: int, arch: str, out: str, result_di
     trainer = Trainer(recipe, Path(out), torch.device("cpu"), *data_for(recipe), log=lambda _m: None)
     result = trainer.fit(max_steps=3)
     torch.save({"state": trainer.net.state_dict(), "steps": result.steps}, Path(result_dir) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    leave_ddp_worker()
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -23,7 +23,7 @@ from cttlstm_cli.models import create_model
 from cttlstm_cli.models.checkpoint import read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import load_recipe
 
-from conftest import RECIPES, REPO, one_error_line
+from conftest import RECIPES, REPO, leave_ddp_worker, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
 #: generous bound for waiting on another process; the tests poll for a condition, never sleep-and-assume
@@ -141,13 +141,8 @@ def _ddp_refused_worker(rank: int, world: int, port: int, out: str, result_dir: 
         message = "started"
     except CttlstmError as err:
         message = f"refused: {err}"
-    finally:
-        if torch.distributed.is_initialized():
-            # Both ranks tear gloo down together: a rank destroying its group while the other's
-            # connection threads still run made one of them abort at exit (SIGABRT) now and then.
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
     (Path(result_dir) / f"rank{rank}.txt").write_text(message)
+    leave_ddp_worker()
 
 
 def test_under_ddp_a_locked_folder_stops_every_rank_without_a_deadlock(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import train_step
 from cttlstm_cli.training.trainer import Trainer
 
-from conftest import RECIPES
+from conftest import RECIPES, leave_ddp_worker
 from synthetic import BouncingSquares
 
 
@@ -198,7 +198,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
     trainer = Trainer(recipe, Path(out), torch.device("cpu"), *data(), log=lambda _m: None)
     result = trainer.fit()
     torch.save({"state": trainer.net.state_dict(), "steps": result.steps, "best": result.best_val_loss}, Path(result_dir) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    leave_ddp_worker()
 
 
 def test_ddp_two_processes_on_gloo(tmp_path: Path) -> None:
