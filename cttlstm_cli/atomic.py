@@ -42,6 +42,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def refuse_writing_over_inputs(output: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
+    """Refuse, in one line naming ``option``, an ``output`` that is one of the command's ``inputs`` (the
+    same file by any path, hard link or symbolic link) or lies inside an input folder: writing it would
+    destroy or change what the command reads."""
+    out = Path(output)
+    resolved = out.resolve()
+    for given in inputs:
+        source = Path(given)
+        if not source.exists():
+            continue
+        same = out.exists() and os.path.samefile(out, source)
+        inside = source.is_dir() and resolved.is_relative_to(source.resolve())
+        if same or inside:
+            how = "is" if same else "is inside"
+            raise CttlstmError(f"{option} {out} {how} the input {source}: it would be overwritten; choose another {option}")
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:

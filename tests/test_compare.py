@@ -239,6 +239,32 @@ def test_bubble_chart_one_bubble_per_model_area_proportional_to_parameters(cli, 
     assert not (tmp_path / "out" / "bubbles.png").exists() and not (tmp_path / "out" / "per_frame_lpips.png").exists()
 
 
+def test_compare_replaces_and_removes_only_what_it_wrote(cli, tmp_path: Path) -> None:
+    from conftest import one_error_line
+
+    runs, _ = _three_runs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"notes.txt": b"my notes", "per_frame_mae.png": b"my own figure"}  # a name compare may write
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    _ok(cli("compare", *runs, "--out", out))  # no per_frame_mae.png written: the user's stays
+    assert {n: (out / n).read_bytes() for n in mine} == mine
+    # A user's file under a name this comparison writes is refused before anything is written.
+    (out / "bubbles.png").unlink()
+    (out / "bubbles.png").write_bytes(b"my own chart")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = one_error_line(cli("compare", *runs, "--out", out))
+    assert "holds bubbles.png, which compare did not write" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # Its own earlier files are replaced or, when this comparison has none of them, removed; no one else's.
+    (out / "bubbles.png").unlink()
+    _ok(cli("compare", *runs, "--out", out))
+    runs2, _ = _three_runs(tmp_path / "nolpips", metrics=("mse", "ssim"))
+    _ok(cli("compare", *runs2, "--out", out))
+    assert not (out / "bubbles.png").exists() and {n: (out / n).read_bytes() for n in mine} == mine
+
+
 def test_per_frame_figure_one_line_per_model_and_horizon(cli, tmp_path: Path) -> None:
     runs, reports = _three_runs(tmp_path)
     figures = per_frame_figures(build_comparison(runs, flops=False))

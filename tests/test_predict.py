@@ -282,3 +282,35 @@ def test_test_clip_errors(cli, trained_smoke, frames, tmp_path: Path) -> None:
         one_error_line(result)
         assert mention in result.err
         assert not out.exists() and not out.with_suffix(".npy").exists()
+
+
+def test_never_writes_over_an_input_and_says_when_it_replaces(cli, trained_smoke, frames, tmp_path: Path) -> None:
+    gif, npy, folder = tmp_path / "clip.gif", tmp_path / "clip.npy", tmp_path / "frames"
+    iio.imwrite(gif, frames, extension=".gif")
+    np.save(npy, frames)
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i:04d}.png")
+    link = tmp_path / "link.gif"
+    link.symlink_to(gif)
+    ckpt = tmp_path / "model.gif"  # a checkpoint under an animation's name is an input too
+    shutil.copy(trained_smoke.best, ckpt)
+    inputs = {p: p.read_bytes() for p in (gif, npy, link, ckpt)} | {p: p.read_bytes() for p in folder.iterdir()}
+    cases = [
+        (gif, gif, [], "is the input"),
+        (gif, link, [], "is the input"),                                  # the same file by another name
+        (npy, tmp_path / "clip.gif", ["--save-npy"], "its --save-npy file"),  # the raw file would replace the .npy clip
+        (folder, folder / "pred.gif", [], "is inside the input"),          # a new frame in the clip's folder
+        (npy, ckpt, [], "is the input"),
+    ]
+    for clip, out, extra, words in cases:
+        checkpoint = ckpt if out == ckpt else trained_smoke.best
+        line = one_error_line(cli("predict", clip, "--steps", STEPS, "--checkpoint", checkpoint, "--out", out, *extra))
+        assert words in line and "choose another --out" in line, line
+    assert {p: p.read_bytes() for p in inputs} == inputs and sorted(folder.iterdir()) == sorted(p for p in inputs if p.parent == folder)
+
+    out = tmp_path / "pred.gif"
+    out.write_bytes(b"an older prediction")
+    result = cli("predict", npy, "--steps", STEPS, "--checkpoint", trained_smoke.best, "--out", out)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1] == f"replaced {out}" and _gif_frames(out).shape[0] == CONTEXT + STEPS

@@ -72,6 +72,7 @@ def predict(
     Each checkpoint used is named on stderr with its training step; steps whose predictions
     and animation cannot fit in memory are refused, saying how many would.
     """
+    from cttlstm_cli.atomic import refuse_writing_over_inputs
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.errors import CttlstmError
     from cttlstm_cli.predict import panel_titles, prepare_prediction, render, save_raw
@@ -87,6 +88,11 @@ def predict(
         raise CttlstmError("--data applies to --test-clip only")
     dev = open_device(device)
     job = prepare_prediction(clip, checkpoint or None, steps, context, start, size, dev, test_clip, data)
+    inputs = [p for p in (clip, data, *(m.checkpoint for m in job.models)) if p is not None]
+    refuse_writing_over_inputs(out, inputs)
+    if save_npy:  # the raw predictions go beside the animation (save_raw: .npy for one model, .npz for several)
+        refuse_writing_over_inputs(out.with_suffix(".npz" if len(job.models) > 1 else ".npy"), inputs, "--out (its --save-npy file)")
+    replacing = out.exists()
     job.check_memory(scale, error_panel=not no_error)
     for m in job.models:  # after every check: a refusal stays the only line on stderr
         err_console.print(f"checkpoint: {m.checkpoint} ({m.summary})", markup=False, highlight=False, soft_wrap=True)
@@ -115,4 +121,4 @@ def predict(
     if len(result.labels) > 1:
         titles = panel_titles(result, error_panel=not no_error)
         console.print("panels: " + " | ".join(titles), markup=False, soft_wrap=True)  # one line, labels verbatim
-    console.print(f"wrote {out}" + (f" and {raw}" if raw is not None else ""))
+    console.print(f"{'replaced' if replacing else 'wrote'} {out}" + (f" and {raw}" if raw is not None else ""))

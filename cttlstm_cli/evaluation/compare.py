@@ -1034,21 +1034,61 @@ def _save(fig: Any, path: Path) -> Path:
 
 # --------------------------------------------------------------------------- writing
 
-#: every file name compare may write, so that a rerun into the same folder removes stale ones
+#: every file name compare may write
 _OWN_FILES = ("comparison.md", "comparison.csv", "comparison.json", "activity.csv", "bubbles.png",
               *(f"per_frame_{m}.png" for m in METRIC_ORDER))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def files_written_before(out: Path) -> set[str]:
+    """The files of ``out`` that an earlier comparison wrote and nobody has changed since: those its
+    ``comparison.json`` records (``files``, and their ``sha256`` where recorded: a file replaced since by
+    someone else's is not compare's any more), limited to the names compare writes; empty when there is no
+    comparison.json of compare's."""
+    try:
+        record = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+        names, hashes = record.get("files"), record.get("sha256", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    if not isinstance(names, list) or "comparison.json" not in names or not isinstance(hashes, dict):
+        return set()
+    ours = set()
+    for name in names:
+        if not isinstance(name, str) or name not in _OWN_FILES:
+            continue
+        path = out / name
+        if name in hashes and path.is_file() and _sha256(path) != hashes[name]:
+            continue
+        ours.add(name)
+    return ours
 
 
 def write_comparison(cmp: Comparison, out: str | Path = DEFAULT_OUT) -> list[Path]:
     """Write ``comparison.md``, ``comparison.csv``, ``comparison.json``, ``activity.csv`` (activity
     reports), ``bubbles.png`` (SSIM and LPIPS present) and ``per_frame_<metric>.png`` into ``out``,
-    each atomically; files of an earlier comparison in ``out`` that this one does not produce are
-    removed, so the folder always describes one comparison. Returns the files written."""
+    each atomically. Only what compare wrote is ever replaced or removed: files of an earlier comparison
+    (recorded with their sha256 in its ``comparison.json``) that this one does not produce are removed, so the folder
+    describes one comparison, and a file of the same name that compare did not write (a user's own
+    ``bubbles.png``) is refused in one line before anything is written. Returns the files written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CttlstmError(f"--out {out} is a file, not a folder")
     figures = per_frame_figures(cmp)
     bubbles = bubble_figure(cmp)
+    names = ["comparison.md", "comparison.csv", *(["activity.csv"] if cmp.activity else []),
+             *(["bubbles.png"] if bubbles is not None else []), *(f"per_frame_{m}.png" for m in figures), "comparison.json"]
+    ours = files_written_before(out)
+    foreign = [name for name in names if (out / name).exists() and name not in ours]
+    if foreign:
+        raise CttlstmError(
+            f"--out {out} holds {', '.join(foreign)}, which compare did not write (no comparison.json of its own "
+            "records it); move it or choose another --out"
+        )
     written = [
         write_text_atomic(out / "comparison.md", cmp.to_markdown()),
         write_text_atomic(out / "comparison.csv", cmp.to_csv()),
@@ -1061,11 +1101,10 @@ def write_comparison(cmp: Comparison, out: str | Path = DEFAULT_OUT) -> list[Pat
         written.append(_save(fig, out / f"per_frame_{metric}.png"))
     payload = cmp.to_dict()
     payload["files"] = [p.name for p in written] + ["comparison.json"]
+    payload["sha256"] = {p.name: _sha256(p) for p in written}  # what is ours on a rerun (files_written_before)
     written.append(write_json_atomic(out / "comparison.json", payload))
-    names = {p.name for p in written}
-    for stale in _OWN_FILES:
-        if stale not in names:
-            (out / stale).unlink(missing_ok=True)
+    for stale in ours - {p.name for p in written}:
+        (out / stale).unlink(missing_ok=True)
     return written
 
 
