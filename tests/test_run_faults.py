@@ -267,8 +267,8 @@ def test_a_full_disk_is_one_line_and_keeps_every_checkpoint_and_the_log(cli, dat
 
 
 def _foreign(run: Path, recipe_path: str | Path, *overrides: str) -> None:
-    """Put a training checkpoint of another model in place of the run's last.pt (its training
-    state copied from the real one, so only the model differs)."""
+    """Put a training checkpoint of another model or recipe in place of the run's last.pt (its training
+    state copied from the real one, so only the model or the recipe differs)."""
     real = read_checkpoint(run / "last.pt")
     recipe = load_recipe(recipe_path, list(overrides))
     extra = {k: v for k, v in real.items() if k not in ("format", "model", "recipe", "image_channels")}
@@ -280,8 +280,12 @@ def _foreign(run: Path, recipe_path: str | Path, *overrides: str) -> None:
     [
         ((SMOKE, "model.channels=[16,16]"), "holds a convrnn (convttlstm) model with model.channels = [16, 16], but the recipe asks for model.channels = [8, 8]"),
         ((RECIPES / "smoke-cnn3d.yaml",), "holds a cnn3d model, but the recipe asks for a convrnn (convttlstm) model"),
+        # The same network trained on another frame size: its weights fit, its numbers are another run's.
+        ((SMOKE, "train.epoch_clips=16", "train.val_clips=8", "data.frame_size=[16,16]"),
+         "holds a run with data.frame_size = [16, 16], but this run has data.frame_size = [32, 32]"),
+        ((SMOKE, "train.epoch_clips=16", "train.val_clips=8", "train.loss=l1"), "holds a run with train.loss = l1, but this run has train.loss = l1+l2"),
     ],
-    ids=["width", "family"],
+    ids=["width", "family", "frame-size", "loss"],
 )
 def test_resume_names_a_checkpoint_of_another_model_in_one_line(cli, data: Path, tmp_path: Path, other: tuple, expected: str) -> None:
     run = tmp_path / "run"

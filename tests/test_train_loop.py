@@ -104,6 +104,20 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl", "previous.pt", "recipe.yaml"]
 
 
+def test_best_checkpoint_is_only_replaced_by_a_better_one(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(smoke(train__epochs=1), run, torch.device("cpu"), *data(), log=lambda _m: None).fit()
+    first = read_checkpoint(run / "best.pt")
+    # A best.pt that holds a better validation loss than anything this run reaches (put there by hand,
+    # or by an older version) is kept: the run's later, worse "improvements" do not replace it.
+    better = {**first, "schedule": {**first["schedule"], "best_loss": 1e-9}}
+    torch.save(better, run / "best.pt")
+    kept = (run / "best.pt").read_bytes()
+    result = Trainer(smoke(train__epochs=3), run, torch.device("cpu"), *data(), resume=True, log=lambda _m: None).fit()
+    assert result.epochs == 3 and result.best_val_loss < first["schedule"]["best_loss"]  # the run did improve
+    assert (run / "best.pt").read_bytes() == kept
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     recipe = smoke()
     Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data()).fit()

@@ -452,6 +452,13 @@ class Trainer:
                 f"{wrong} a {model_description(asked)} model with {diff} = {_dig(held, key)}, "
                 f"but the recipe asks for {diff} = {_dig(asked, key)}; {advice}"
             )
+        # The rest of the recipe too (data.frame_size, the frames, the loss, the batch ...): weights of
+        # another frame size fit the same network, and resuming them would rewrite this run's log and
+        # best.pt with another run's numbers. A resume may change only RESUMABLE_CHANGES.
+        other = recipe_difference(stored, want) if isinstance(stored, dict) and stored else None
+        if other:
+            key = other.split(".")
+            raise CttlstmError(f"{wrong} a run with {other} = {_dig(stored, key)}, but this run has {other} = {_dig(want, key)}; {advice}")
         channels = data.get("image_channels")
         if channels is not None and int(channels) != int(self.net.image_channels):
             raise CttlstmError(f"{wrong} a model of {channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}")
@@ -489,6 +496,17 @@ class Trainer:
             save_checkpoint(self.run.last, self.net, self.recipe, keep_previous_as=self.run.previous, **extra)
         else:
             save_checkpoint(path, self.net, self.recipe, **extra)
+
+    def _better_than_best_on_disk(self, val_loss: float) -> bool:
+        """Whether ``val_loss`` beats the validation loss ``best.pt`` holds (True when there is none, or
+        it records none): a ``best.pt`` is only ever replaced by a better one, whatever put it there."""
+        if not self.dist.is_main or not self.run.best.is_file():
+            return True
+        try:  # mmap: only the schedule is read, not the weights
+            held = torch.load(self.run.best, map_location="cpu", weights_only=True, mmap=True)["schedule"]["best_loss"]
+            return val_loss < float(held)
+        except Exception:  # noqa: BLE001 - an unreadable best.pt is no better than this one
+            return True
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl``; a line that cannot be written whole is taken
@@ -885,7 +903,7 @@ class Trainer:
             "lr_scale": self.schedule.lr_scale,
         }
         self.write_metrics(record)
-        if improved:
+        if improved and self._better_than_best_on_disk(val_loss):
             self.save(self.run.best)
         self.save()
         if self._bar is not None:
