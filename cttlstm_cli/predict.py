@@ -516,13 +516,19 @@ def panel_titles(prediction: Prediction | MultiPrediction, error_panel: bool = T
     return ["ground truth", *(["prediction"] if single else labels), *errors]
 
 
+def raw_path(animation: str | Path, models: int) -> Path:
+    """Where :func:`save_raw` writes the raw predictions of ``models`` models beside ``animation``:
+    ``.npy`` for one, ``.npz`` for several."""
+    return Path(animation).with_suffix(".npz" if models > 1 else ".npy")
+
+
 def save_raw(prediction: MultiPrediction, animation: str | Path) -> Path:
     """Write the raw predictions beside ``animation`` atomically; returns the file: one model's float32
     ``[N, C, H, W]`` as ``.npy``, several models' as one ``.npz`` with an array per label, in their order."""
     from cttlstm_cli.atomic import atomic_path
 
     several = len(prediction.labels) > 1
-    path = Path(animation).with_suffix(".npz" if several else ".npy")
+    path = raw_path(animation, len(prediction.labels))
     with atomic_path(path) as tmp:
         if several:
             with open(tmp, "wb") as f:  # a file object: given a path, np.savez appends .npz to it
@@ -564,6 +570,6 @@ def render(prediction: Prediction | MultiPrediction, scale: int | None = None, e
 __all__ = [
     "DEFAULT_AUTHORS_SIZE", "LoadedModel", "MultiPrediction", "Prediction", "PredictionJob", "RolloutMemory",
     "checkpoint_summary", "choose_window", "common_frame_format", "frame_format", "load_models", "newest_checkpoint",
-    "panel_labels", "panel_titles", "predict_clip", "predict_clip_models", "predict_frames", "predict_models",
+    "panel_labels", "panel_titles", "raw_path", "predict_clip", "predict_clip_models", "predict_frames", "predict_models",
     "prepare_prediction", "read_test_clip", "render", "rollout", "save_raw",
 ]

@@ -75,7 +75,7 @@ def predict(
     from cttlstm_cli.atomic import refuse_writing_over_inputs
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.errors import CttlstmError
-    from cttlstm_cli.predict import panel_titles, prepare_prediction, render, save_raw
+    from cttlstm_cli.predict import panel_titles, prepare_prediction, raw_path, render, save_raw
     from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, write_animation
 
     if out.suffix.lower() not in ANIMATION_EXTENSIONS:
@@ -90,8 +90,8 @@ def predict(
     job = prepare_prediction(clip, checkpoint or None, steps, context, start, size, dev, test_clip, data)
     inputs = [p for p in (clip, data, *(m.checkpoint for m in job.models)) if p is not None]
     refuse_writing_over_inputs(out, inputs)
-    if save_npy:  # the raw predictions go beside the animation (save_raw: .npy for one model, .npz for several)
-        refuse_writing_over_inputs(out.with_suffix(".npz" if len(job.models) > 1 else ".npy"), inputs, "--out (its --save-npy file)")
+    if save_npy:
+        refuse_writing_over_inputs(raw_path(out, len(job.models)), inputs, "--out (its --save-npy file)")
     replacing = out.exists()
     job.check_memory(scale, error_panel=not no_error)
     for m in job.models:  # after every check: a refusal stays the only line on stderr
