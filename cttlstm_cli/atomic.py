@@ -10,7 +10,7 @@ import errno
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``np.save`` pick or append formats by it) and is removed whatever happens.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:  # a full, read-only or protected folder, whatever the writer in the block
+        raise write_error(err, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_error(err: OSError, path: str | Path) -> CttlstmError:
+    """The one-line error of a failed write of ``path``: :func:`no_space_error`'s for a full disk, else
+    ``cannot write PATH: Permission denied`` (a read-only or protected folder, a name that is a folder ...)."""
+    return no_space_error(err, path) or CttlstmError(f"cannot write {path}: {err.strerror or err}")
+
+
+def require_output_folder(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, in one line, an output folder that names an existing file: every write into it would
+    fail with ENOTDIR or EEXIST after the work was done. Call it before the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CttlstmError(f"{option} {path} is a file, not a folder")
+    return path
 
 
 def refuse_writing_over_inputs(output: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
@@ -112,6 +130,10 @@ def no_space_as_error(path: str | Path | None = None, advice: str = "") -> Itera
     """
     try:
         yield
+    except NoSpaceError as err:  # from an atomic write in the block, which knows no advice
+        if advice and not err.advice:
+            raise NoSpaceError(err.path, err.errno, advice) from None
+        raise
     except OSError as err:
         mapped = no_space_error(err, path, advice)
         if mapped is None:

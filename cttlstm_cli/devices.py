@@ -61,6 +61,20 @@ def retain_freed_memory() -> bool:
     return bool(threshold and trim)
 
 
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
 def open_device(name: str = "auto") -> torch.device:
     """:func:`resolve_device`, and on the CPU :func:`retain_freed_memory`: what every command runs on."""
     device = resolve_device(name)

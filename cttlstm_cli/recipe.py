@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.schema import MAX_WORKERS, StrictSection
 from cttlstm_cli.models import DEFAULT_ARCH, ModelConfig, model_class
 from cttlstm_cli.models.registry import validate_config
 
-class Section(BaseModel):
-    """Strict base: unknown keys are errors, and values are not silently coerced across types."""
-
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+class Section(StrictSection):
+    """Strict base: unknown keys, NaN, infinity and integers beyond int64 are errors (:mod:`cttlstm_cli.schema`)."""
 
 
 class DataConfig(Section):
@@ -44,7 +43,7 @@ class DataConfig(Section):
         None, gt=0.0, le=1.0, description="activity recognition: the fraction of each video the model sees (0.25 or 0.5 in the paper)"
     )
     workers: int | None = Field(
-        None, ge=0, description="DataLoader worker processes per training process; null: half the cores, at most 8"
+        None, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per training process; null: half the cores, at most 8"
     )
 
     def resolved_workers(self, processes_per_machine: int = 1) -> int:
@@ -129,7 +128,7 @@ class TrainConfig(Section):
     channels_last: bool | None = Field(
         None, description="channels-last memory format; null: on under bf16/fp16, off in fp32"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds torch, numpy and Python's random (numpy takes 0 .. 2^32-1)")
     prediction_weight: float = Field(1.0, ge=0.0, description="lambda in lambda * L_prediction + cross-entropy (classifier models)")
     checkpoint_every: int = Field(1000, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(50, ge=1, description="optimizer steps between metrics.jsonl lines")
@@ -273,6 +272,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise CttlstmError(f"--set expects KEY=VALUE (for example train.lr=1e-4), got {text!r}")
     try:
+        if _yaml_deeper_than(raw, MAX_YAML_DEPTH):
+            raise CttlstmError(f"--set {key.strip()}: the value is nested more than {MAX_YAML_DEPTH} levels deep")
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
@@ -323,15 +324,52 @@ def bundled_recipe(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+#: how deep a YAML file may nest: far beyond any recipe or suite, far below Python's recursion limit
+MAX_YAML_DEPTH = 64
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely; an unreadable file, bad YAML or absurd nesting is one line naming the file.
+
+    The depth is checked on YAML's node tree before anything is built from it: PyYAML's composer
+    and constructor recurse once per level, and a file of 100,000 ``[`` would end in a
+    ``RecursionError`` in either.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CttlstmError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise CttlstmError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        too_deep = _yaml_deeper_than(text, MAX_YAML_DEPTH)
+        if too_deep:
+            raise CttlstmError(f"{path}: nested more than {MAX_YAML_DEPTH} levels deep (line {too_deep}); a recipe needs at most a few")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CttlstmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def _yaml_deeper_than(text: str, limit: int) -> int | None:
+    """The 1-based line where ``text``'s YAML first nests deeper than ``limit``, from its event stream
+    (flat: no recursion), or None."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > limit:
+                return event.start_mark.line + 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file. The recipe name defaults to the file stem."""
     path = Path(path)
     if not path.is_file():
         raise CttlstmError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise CttlstmError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path)
     if raw is None or raw == {}:
         # Every key has a default, so an empty file would silently be the full 500-epoch default run.
         raise CttlstmError(f"recipe {path} is empty (no sections); see docs/recipes.md, or start from recipes/smoke.yaml")

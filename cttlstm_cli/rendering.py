@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cttlstm_cli.atomic import atomic_path
+from cttlstm_cli.atomic import atomic_path, write_bytes_durably
 from cttlstm_cli.errors import CttlstmError
 
 #: file extensions write_animation understands
@@ -172,27 +172,36 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=BACKGROUND)
 
 
+#: the fastest animation: a GIF's frame durations are whole milliseconds
+MAX_FPS = 1000.0
+
+
+def check_fps(fps: float) -> None:
+    """Refuse, in one line, a frame rate no animation can have (zero, negative, NaN, infinite, over :data:`MAX_FPS`)."""
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise CttlstmError(f"--fps must be a number above 0 and at most {MAX_FPS:g}, got {fps:g}")
+
+
 def write_animation(path: str | Path, frames: np.ndarray, fps: float = 4.0) -> Path:
     """Write uint8 ``[T, H, W, 3]`` frames as a looping GIF or an H.264 MP4 (by ``path``'s extension), atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in ANIMATION_EXTENSIONS:
         raise CttlstmError(f"--out must end in .gif or .mp4, got {path.name}")
-    if fps <= 0:
-        raise CttlstmError(f"--fps must be positive, got {fps}")
-    try:
-        with atomic_path(path) as tmp:
-            if suffix == ".gif":
-                import imageio.v3 as iio
+    check_fps(fps)
+    with atomic_path(path) as tmp:
+        if suffix == ".gif":
+            import imageio.v3 as iio
 
-                iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-            else:
-                import imageio.v2 as iio2
+            # Encoded in memory: given a path, imageio's GIF writer retries a failed open (a read-only
+            # folder) in its finalizer and prints that second failure as a traceback.
+            write_bytes_durably(tmp, iio.imwrite("<bytes>", frames, extension=".gif", duration=1000.0 / fps, loop=0))
+        else:
+            import imageio.v2 as iio2
 
-                iio2.mimwrite(tmp, list(_pad_even(frames)), format="FFMPEG", fps=fps, codec="libx264",
-                              macro_block_size=1, pixelformat="yuv420p", quality=8)
-    except OSError as err:
-        raise CttlstmError(f"cannot write {path}: {err}") from None
+            write_bytes_durably(tmp, b"")  # ffmpeg reports a folder it cannot write to in many lines: fail here first
+            iio2.mimwrite(tmp, list(_pad_even(frames)), format="FFMPEG", fps=fps, codec="libx264",
+                          macro_block_size=1, pixelformat="yuv420p", quality=8)
     return path
 
 

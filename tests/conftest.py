@@ -76,6 +76,36 @@ def assert_training_forward_matches(
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def file_snapshot(*roots: Path) -> dict[Path, tuple[int, str]]:
+    """Every file under ``roots`` (or the files themselves): ``{path: (mode, sha256)}``, to show that a
+    refused command changed nothing that existed before (:func:`assert_unchanged`)."""
+    import hashlib
+
+    found: dict[Path, tuple[int, str]] = {}
+    for root in roots:
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        for path in paths:
+            found[path] = (path.stat().st_mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def assert_unchanged(before: dict[Path, tuple[int, str]]) -> None:
+    """Every file of a :func:`file_snapshot` is still there with the same bytes and mode."""
+    for path, (mode, digest) in before.items():
+        assert path.is_file(), f"{path} was removed"
+        assert file_snapshot(path)[path] == (mode, digest), f"{path} was changed"
+
+
+def fail_if_guard_fired(stderr: str) -> None:
+    """Fail the test when a command ended in the CLI's last-resort guard: every fault a user can cause
+    must have its own message, so an "internal error" line is a bug even though it is one line."""
+    from cttlstm_cli.cli import INTERNAL_ERROR_PREFIX
+
+    for line in stderr.splitlines():
+        if line.startswith(f"error: {INTERNAL_ERROR_PREFIX}:"):
+            pytest.fail(f"the CLI's last-resort guard fired: {line}")
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]):
     """Run ``cttlstm ARGS...`` in-process through the real entry point (error handling included)."""
@@ -85,6 +115,7 @@ def cli(capsys: pytest.CaptureFixture[str]):
         capsys.readouterr()
         code = main([str(a) for a in args])
         captured = capsys.readouterr()
+        fail_if_guard_fired(captured.err)
         return CliResult(code, captured.out, captured.err)
 
     return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from cttlstm_cli.evaluation.compare import (
     per_frame_figures,
 )
 
-from conftest import one_error_line
+from conftest import assert_unchanged, file_snapshot, one_error_line
 
 METRICS = ("mse", "psnr", "ssim", "lpips")
 
@@ -393,6 +394,79 @@ def test_run_without_report_and_bad_inputs(cli, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def _damaged(root: Path, change: Any, name: str = "r") -> Path:
+    """A run whose report ``change(report)`` broke after it was written as evaluate writes it."""
+    run = _run(root, name, _report())
+    path = next(run.glob("eval-*/report.json"))
+    rep = json.loads(path.read_text())
+    change(rep)
+    path.write_text(json.dumps(rep))
+    return path
+
+
+def test_per_frame_curve_shorter_than_its_horizon_is_refused(cli, tmp_path: Path) -> None:
+    """Accepted before (exit 0, a table from a curve that stopped short): now one line naming file and field."""
+    good = _run(tmp_path, "good", _report())
+    path = _damaged(tmp_path, lambda r: r["horizons"][1]["per_frame"].update(mse=r["horizons"][1]["per_frame"]["mse"][:7]))
+    before = file_snapshot(tmp_path)
+    out = tmp_path / "out"
+    for source in (path, path.parent.parent):  # the report itself, or the run directory it is found in
+        line = one_error_line(cli("compare", good, source, "--out", out))
+        assert line == f"error: {path}: horizons[1].per_frame.mse: 7 values for a 10-frame horizon"
+    assert_unchanged(before)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "change, field, why",
+    [
+        (lambda r: r.update(parameters="1000"), "parameters", 'expected a whole number, got "1000"'),
+        (lambda r: r["horizons"][1].update(num_samples=8.0), "horizons[1].num_samples", "expected a whole number, got 8.0"),
+        (lambda r: r["horizons"][1].update(future_frames=None), "horizons[1].future_frames",
+         "expected a whole number, got null"),
+        (lambda r: r.update(context_frames=True), "context_frames", "expected a whole number, got true"),
+        (lambda r: r.update(data=["mmnist", [32, 32], 1]), "data", "expected an object, got a list of 3 items"),
+        (lambda r: r["data"].update(frame_size="32x32"), "data.frame_size", 'expected a list, got "32x32"'),
+        (lambda r: r["data"].update(channels=-1), "data.channels", "must be at least 1, got -1"),
+        (lambda r: r.update(horizons={"5": {}}), "horizons", "expected a list, got an object"),
+        (lambda r: r["horizons"][1]["metrics"].update(ssim="0.6"), "horizons[1].metrics.ssim", 'expected a number, got "0.6"'),
+        (lambda r: r["horizons"][1]["per_frame"]["psnr"].__setitem__(2, math.nan), "horizons[1].per_frame.psnr[2]",
+         "expected a finite number, got NaN"),
+        (lambda r: r.update(parameters=2**63), "parameters", f"must be at most {2**63 - 1}, got {2**63}"),
+        (lambda r: r.update(split="testing"), "split", "expected 'train', 'val' or 'test', got \"testing\""),
+        (lambda r: r["horizons"][1]["metrics"].update(fid=1.0), "horizons[1].metrics.fid",
+         "unknown name (expected 'mse', 'mae', 'psnr', 'ssim' or 'lpips')"),
+        (lambda r: r.update(num_samples=4), "num_samples",
+         "differs from horizons[0].num_samples (the top level repeats the first horizon)"),
+        (lambda r: r.update(limit=None), "limit", "null (leave the field out instead)"),
+        (lambda r: r.pop("split"), "split", "missing"),
+        (lambda r: r["horizons"][0].update(shape=[1]), "horizons[0].shape", "unknown field"),
+    ],
+)
+def test_wrong_field_types_are_one_line_naming_the_field(cli, tmp_path: Path, change: Any, field: str, why: str) -> None:
+    """Types compare read blindly before (tracebacks, or a table of strings): each refused, the field named."""
+    good = _run(tmp_path, "good", _report())
+    path = _damaged(tmp_path, change)
+    before = file_snapshot(tmp_path)
+    line = one_error_line(cli("compare", good, path, "--out", tmp_path / "out"))
+    assert line == f"error: {path}: {field}: {why}"
+    assert_unchanged(before)
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_checkpoint_of_a_combined_report_is_named(cli, tmp_path: Path) -> None:
+    combined = {"convention": "paper", "checkpoints": [_report(), _report(seed=1)]}
+    combined["checkpoints"][1]["horizons"][0]["per_frame"]["lpips"].append(1.0)
+    path = tmp_path / "both" / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(combined))
+    line = one_error_line(cli("compare", path, "--out", tmp_path / "out"))
+    assert line == f"error: {path}: checkpoints[1].horizons[0].per_frame.lpips: 6 values for a 5-frame horizon"
+    path.write_text(json.dumps(dict(combined, checkpoints=[_report(), {"model": "x"}])))
+    line = one_error_line(cli("compare", path, "--out", tmp_path / "out"))
+    assert line.startswith(f"error: {path}: checkpoints[1]: not an evaluate report (missing 'convention', ")
+
+
 # --------------------------------------------------------------------------- early activity recognition
 
 
@@ -415,9 +489,10 @@ def test_activity_tables_equal_reports_and_paper(cli, tmp_path: Path) -> None:
     for i, (name, model, fraction, top1) in enumerate(specs):
         acc = _accuracy(top1, {g: top1 + 0.01 * j for j, g in enumerate(groups)})
         rep = _report(model=model, seed=i, accuracy=acc, **kw)
-        if model == "3D-CNN":  # a classifier only: no frame metrics
+        if model == "3D-CNN":  # a classifier only: no frame metrics (the top level repeats horizon 0, as evaluate writes)
             for h in rep["horizons"]:
                 h["metrics"], h["per_frame"] = {}, {}
+            rep["metrics"], rep["per_frame"] = {}, {}
         runs.append(_run(tmp_path, name, rep, recipe=f"name: {name}\ndata:\n  observed_fraction: {fraction}\n"))
         reports.append(rep)
     out = tmp_path / "out"

@@ -120,3 +120,26 @@ def test_ensure_mmnist_prepares_once(tmp_path: Path, monkeypatch) -> None:
     assert (root / "manifest.json").stat().st_mtime_ns == stamp
     train = open_dataset(cfg, "train", clips_per_epoch=2)
     assert train[0].shape == (10, 1, 16, 16)
+
+
+def test_ensure_mmnist_waits_for_a_prepare_in_progress(tmp_path: Path, monkeypatch) -> None:
+    # as under torchrun, where every rank calls ensure_mmnist: one prepares, the others wait and use its result
+    import cttlstm_cli.data.dataset as dataset_module
+    from cttlstm_cli.locking import RunLock
+
+    digits = np.zeros((4, 28, 28), dtype=np.uint8)
+    digits[:, 6:22, 6:22] = 180
+    (tmp_path / "d.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 28, 0, 0, 0, 28]) + digits.tobytes()))
+    monkeypatch.setattr(mmnist, "download_mnist", lambda progress=True: tmp_path / "d.gz")
+    cfg = DataConfig(dataset="mmnist", path=str(tmp_path / "smoke"), frame_size=(16, 16), input_frames=5, future_frames=5)
+    other = RunLock(cfg.path).acquire()  # the other process, preparing
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        other.release()  # ... and done (without a manifest: this process then prepares it itself)
+
+    monkeypatch.setattr(dataset_module.time, "sleep", sleep)
+    root = ensure_mmnist(cfg, workers=1, progress=False)
+    assert waits == [0.5] and open_dataset(cfg, "test").videos == 200
+    assert sorted(p.name for p in root.iterdir())[:2] == [".lock", "manifest.json"]

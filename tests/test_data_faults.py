@@ -1,4 +1,5 @@
-"""Faults in the data path: damaged shards, a full disk during prepare, a killed prepare.
+"""Faults in the data path: damaged shards, a source that changed under a prepare, an edited
+manifest, two prepares at once, odd clips and paths, a full disk during prepare, a killed prepare.
 
 Each fault must give one ``error: ...`` line naming the file and exit 2 (never a traceback
 or a crash), lose nothing already complete, and leave no partial file that reads as complete.
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import h5py
 import numpy as np
 import pytest
@@ -28,8 +30,9 @@ from data_video_helpers import ramp_frames, write_video
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.data.dataset import ClipDataset, make_loader
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.locking import LOCK_NAME, RunLock
 
-from conftest import RECIPES, REPO, one_error_line
+from conftest import RECIPES, REPO, assert_unchanged, file_snapshot, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
 DAMAGES = ("header", "chunk", "truncated", "missing")
@@ -272,11 +275,11 @@ def test_verify_finds_every_kind_of_damage(tiny: Path, copy_of) -> None:
         shutil.rmtree(data)
 
 
-def test_verify_reports_a_broken_manifest_and_refuses_a_non_dataset(tiny: Path, copy_of, tmp_path: Path) -> None:
+def test_verify_refuses_a_broken_manifest_and_a_non_dataset(tiny: Path, copy_of, tmp_path: Path) -> None:
     data = copy_of(tiny)
     (data / "manifest.json").write_text("{ not json")
-    result = verify_dataset(data)
-    assert not result.ok and "unreadable manifest" in result.problems[0]
+    with pytest.raises(CttlstmError, match=f"^unreadable manifest {data / 'manifest.json'}: Expecting property name"):
+        verify_dataset(data)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CttlstmError, match="no prepared dataset at"):
         verify_dataset(tmp_path / "empty")
@@ -323,6 +326,344 @@ def test_prepare_again_rebuilds_a_deleted_or_truncated_shard(cli, tiny: Path, di
     assert verify_dataset(data).ok and not (data / fmt.STATE_NAME).exists()
 
 
+# ---------------------------------------------------------------------------- a source that changed
+
+
+def _npy_clips(src: Path, n: int) -> list[str]:
+    """``n`` clips of 6 gray 8x8 frames as .npy files (no video decoder: fast); clip i's frames hold 10 * i + t."""
+    src.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        np.save(src / f"c{i:02d}.npy", ((10 * i + np.arange(6)) % 256).astype(np.uint8)[:, None, None].repeat(8, 1).repeat(8, 2))
+    return [f"c{i:02d}.npy" for i in range(n)]
+
+
+def _folder_npy_args(src: Path, out: Path) -> list[str]:
+    return ["prepare", "folder", str(src), "--out", str(out), "--size", "8", "--gray", "--split", "0.4,0.3,0.3", "-j", "1", "-q"]
+
+
+def _split_sources(out: Path) -> dict[str, list[str]]:
+    return {split: s["sources"] for split, s in json.loads((out / "manifest.json").read_text())["splits"].items()}
+
+
+def _assert_each_source_once(out: Path, expected: set[str]) -> None:
+    """The manifest lists every expected source once, in one split, and no two shards cover one source."""
+    listed = _split_sources(out)
+    flat = [name for names in listed.values() for name in names]
+    assert sorted(flat) == sorted(expected), listed
+    consumed = []
+    for name in out.glob("*.h5"):
+        with h5py.File(name, "r") as f:
+            consumed += json.loads(f.attrs["consumed_json"])
+    assert len(consumed) == len(set(consumed)) and expected <= set(consumed), consumed
+
+
+def test_resume_after_the_source_changed_starts_over(cli, tmp_path: Path, monkeypatch) -> None:
+    # was: the kept shards still held the deleted clips, a clip landed in train and test, val was empty
+    from cttlstm_cli.data import folder
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    names = _npy_clips(src, 10)
+    monkeypatch.setattr(fmt, "SHARD_BYTES", 1)  # every clip closes a shard: an interruption keeps some
+    first_test = next(n for n, s in zip(names, folder.assign_splits(10, (0.4, 0.3, 0.3), 0)) if s == "test")
+    real = folder._decode
+
+    def interrupted(path: str, *args):
+        if path.endswith(first_test):
+            raise KeyboardInterrupt
+        return real(path, *args)
+
+    monkeypatch.setattr(folder, "_decode", interrupted)
+    assert cli(*_folder_npy_args(src, out)).code == 130
+    kept = sorted(p.name for p in out.glob("*.h5"))
+    assert len(kept) == 7 and (out / fmt.STATE_NAME).is_file()  # 4 train + 3 val shards finished
+    monkeypatch.setattr(folder, "_decode", real)
+    train = [n for n, s in zip(names, folder.assign_splits(10, (0.4, 0.3, 0.3), 0)) if s == "train"]
+    for name in train[:3]:  # clips the finished train shards hold
+        (src / name).unlink()
+
+    result = cli(*_folder_npy_args(src, out))
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0] == (
+        f"note: the source changed since the interrupted prepare in {out} began (10 files then, 7 now): "
+        "its 7 finished shard(s) were deleted and the prepare started over"
+    )
+    remaining = set(names) - set(train[:3])
+    _assert_each_source_once(out, remaining)
+    assert sorted(p.name for p in out.glob("*.h5")) == sorted(n for s in json.loads((out / "manifest.json").read_text())["splits"].values() for n in s["shards"])
+    fresh = tmp_path / "fresh"
+    assert cli(*_folder_npy_args(src, fresh)).code == 0
+    assert _split_sources(out) == _split_sources(fresh) and all(_split_sources(out).values())  # no split left empty
+    assert verify_dataset(out).ok
+    assert len(ClipDataset(out, "val", 6, mode="sequential")) == len(_split_sources(out)["val"])
+
+
+def test_a_prepared_dataset_of_a_changed_source(cli, tmp_path: Path) -> None:
+    src, out, aside = tmp_path / "src", tmp_path / "out", tmp_path / "aside.npy"
+    _npy_clips(src, 10)
+    assert cli(*_folder_npy_args(src, out)).code == 0
+    before = {p.name: _sha256(p) for p in out.glob("*.h5")}
+    os.replace(src / "c04.npy", aside)  # a rename keeps the mtime: moved back, the source is the same again
+
+    # intact: nothing to do, but the note says that the dataset is of the earlier source
+    snapshot = file_snapshot(out)
+    result = cli(*_folder_npy_args(src, out))
+    assert result.code == 0 and "nothing to do" in result.out, result.err
+    assert f"note: the source changed since {out} was prepared (10 files then, 9 now)" in result.out
+    assert_unchanged(snapshot)
+
+    # damaged: rebuilding the shard from the changed source would mix two versions of it: refused, nothing touched
+    _damage(out / "val-00000.h5", "truncated")
+    snapshot = file_snapshot(out)
+    line = one_error_line(cli(*_folder_npy_args(src, out)))
+    assert line == (
+        f"error: {out} has damaged shard(s) (val-00000.h5), but the source changed since it was prepared (10 files then, "
+        f"9 now): rebuilding them would mix two versions of it; delete {out} (or choose another --out) to prepare the source anew"
+    )
+    assert_unchanged(snapshot)
+
+    os.replace(aside, src / "c04.npy")  # the source as it was: the damaged shard is rebuilt, byte for byte
+    result = cli(*_folder_npy_args(src, out))
+    assert result.code == 0 and "note:" not in result.out, result.err
+    assert {p.name: _sha256(p) for p in out.glob("*.h5")} == before and verify_dataset(out).ok
+
+
+def test_a_source_in_two_splits_is_refused_on_open_and_by_verify(cli, tiny: Path, copy_of) -> None:
+    data = copy_of(tiny)
+    # test-00000.h5 becomes a copy of the validation shard, with a manifest that records it faithfully:
+    # sizes and checksums agree, only the splits share their clips
+    shutil.copy(data / "val-00000.h5", data / "test-00000.h5")
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["test"]["checksums"]["test-00000.h5"] = manifest["splits"]["val"]["checksums"]["val-00000.h5"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    expect = (
+        f"{data}: source 'val:0-7' is in both the val split (val-00000.h5) and the test split (test-00000.h5); "
+        "prepare the dataset again into a new --out"
+    )
+    for split in ("train", "test"):
+        with pytest.raises(CttlstmError) as info:
+            ClipDataset(data, split, 10, mode="sequential")
+        assert str(info.value) == expect
+    snapshot = file_snapshot(data)
+    assert one_error_line(cli("prepare", "--verify", data, "-q")) == f"error: {expect}"
+    assert_unchanged(snapshot)
+
+
+def test_one_source_in_two_splits_is_refused_before_any_work(tmp_path: Path) -> None:
+    from cttlstm_cli.data.prepare import Job, run_prepare
+
+    def never(*args):  # pragma: no cover - must not run
+        raise AssertionError("a job ran")
+
+    jobs = {"train": [Job("a.avi", never), Job("b.avi", never)], "test": [Job("a.avi", never)]}
+    with pytest.raises(CttlstmError, match=r"^source 'a.avi' is assigned to both the train and the test split"):
+        run_prepare(tmp_path / "o", "folder", {}, jobs, (8, 8), 1, workers=1, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- an edited manifest
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expect"),
+    [
+        ("frame_size", [16, 16], "frame_size is [16, 16] but shard train-00000.h5 holds [32, 32]"),
+        ("channels", 3, "channels is 3 but shard train-00000.h5 holds 1"),
+        ("dtype", "float32", "dtype: expected 'uint8' (the frame type this format stores), found 'float32'"),
+    ],
+)
+def test_a_manifest_edited_to_another_layout_is_refused(cli, tiny: Path, copy_of, field: str, value, expect: str) -> None:
+    # was: exit 0, and 'prepare --verify' said "verified"
+    data = copy_of(tiny)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest[field] = value
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    snapshot = file_snapshot(data)
+    line = one_error_line(cli("prepare", "--verify", data, "-q"))
+    assert line.startswith(f"error: {data / 'manifest.json'}: {expect}"), line
+    with pytest.raises(CttlstmError) as info:
+        ClipDataset(data, "test", 10, mode="sequential")
+    assert f"error: {info.value}" == line
+    if field != "dtype":  # through a recipe that asks for what the manifest claims: the shards still disagree
+        from cttlstm_cli.data.dataset import open_dataset
+        from cttlstm_cli.recipe import DataConfig
+
+        claimed = dict(frame_size=tuple(manifest["frame_size"]), channels=manifest["channels"])
+        cfg = DataConfig(dataset="mmnist", path=str(data), input_frames=5, future_frames=5, **claimed)
+        with pytest.raises(CttlstmError, match=r"but shard train-00000\.h5 holds"):
+            open_dataset(cfg, "train")
+    assert_unchanged(snapshot)
+
+
+@pytest.mark.parametrize("name", ["../victim.h5", "ABSOLUTE", "sub/train-00000.h5", "..", ""])
+def test_shard_names_outside_the_folder_are_refused(cli, tiny: Path, digits: Path, copy_of, tmp_path: Path, name: str) -> None:
+    data = copy_of(tiny)
+    victim = tmp_path / "victim.h5"
+    victim.write_bytes(b"not yours")
+    name = str(victim) if name == "ABSOLUTE" else name
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"] = [name]
+    manifest["splits"]["train"]["checksums"] = {name: {"bytes": 1, "sha256": "0" * 64}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    expect = f"error: {data / 'manifest.json'}: splits.train.shards[0]: expected a shard file name inside the dataset folder"
+    snapshot = file_snapshot(data, victim)
+    assert one_error_line(cli("prepare", "--verify", data, "-q")).startswith(expect)
+    # preparing again once took a listed shard of the wrong size for a damaged one of its own, and deleted it
+    assert one_error_line(cli(*_mmnist_args(data, digits))).startswith(expect)
+    with pytest.raises(CttlstmError, match=r"expected a shard file name inside the dataset folder"):
+        ClipDataset(data, "train", 10)
+    assert_unchanged(snapshot)
+
+
+# ---------------------------------------------------------------------------- two prepares at once
+
+
+def test_a_second_prepare_into_the_same_out_is_refused(cli, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    _npy_clips(src, 4)
+    # another process holds the lock, as a running prepare does (a real lock, in a real second process)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cttlstm_cli.locking import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+         "print('locked', flush=True); sys.stdin.read()", str(out)],
+        env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = one_error_line(cli(*_folder_npy_args(src, out)))
+        assert line == (
+            f"error: {out} is in use by another cttlstm process (PID {holder.pid}) that is writing to it; "
+            "wait until it ends (or stop it), or choose another --out"
+        )
+        assert _names(out) == {LOCK_NAME}  # nothing written beside the holder's lock
+        # the same while its files are there, with its options or others: nothing of them is touched
+        assert cli(*_folder_npy_args(src, tmp_path / "ref")).code == 0
+        ours = json.loads((tmp_path / "ref" / "manifest.json").read_text())["provenance"]["options"]
+        for theirs in (ours, {"theirs": 1}):
+            (out / "train-00000.h5").write_bytes(b"a shard being written")
+            fmt.write_state(out, theirs)
+            snapshot = file_snapshot(out)
+            assert one_error_line(cli(*_folder_npy_args(src, out))) == line
+            assert_unchanged(snapshot)
+        (out / fmt.STATE_NAME).unlink()
+        (out / "train-00000.h5").unlink()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=PATIENCE_S)
+        holder.stdout.close()
+    result = cli(*_folder_npy_args(src, out))  # once it has ended, the same command prepares
+    assert result.code == 0, result.err
+    _assert_each_source_once(out, {f"c{i:02d}.npy" for i in range(4)})
+
+
+def test_the_prepare_lock_is_held_while_preparing(tmp_path: Path, monkeypatch) -> None:
+    from cttlstm_cli.data import folder
+    from cttlstm_cli.locking import RunLockedError, check_unlocked
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    _npy_clips(src, 3)
+    seen = []
+    real = folder._decode
+
+    def looking(path: str, *args):
+        with pytest.raises(RunLockedError):
+            check_unlocked(out)
+        seen.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(folder, "_decode", looking)
+    folder.build_folder(src, out, size=(8, 8), channels=1, workers=1, progress=False)
+    assert len(seen) == 3
+    check_unlocked(out)  # released at the end
+
+
+# ---------------------------------------------------------------------------- odd clips and paths
+
+
+def _zero_size_png(path: Path) -> None:
+    """A PNG whose header says 0x0 pixels (PIL refuses to write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def _empty_clips(src: Path) -> dict[str, str]:
+    """Clips with nothing in them, and the reason prepare gives for each."""
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "empty.mp4").write_bytes(b"")
+    np.save(src / "no_frames.npy", np.zeros((0, 8, 8), dtype=np.uint8))
+    np.save(src / "no_pixels.npy", np.zeros((3, 0, 0), dtype=np.uint8))
+    _zero_size_png(src / "zero_png" / "000.png")
+    with av.open(str(src / "no_frames.mp4"), "w") as container:  # a container whose header promises a video, and no frame
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()
+    return {
+        "empty.mp4": "empty file (0 bytes)",
+        "no_frames.npy": "no frames (a clip of length 0)",
+        "no_pixels.npy": "frames of 0x0 pixels",
+        "zero_png": "unreadable frame 000.png: cannot identify image file",
+        "no_frames.mp4": "",  # FFmpeg's words vary ("no video stream", "no frames decoded")
+    }
+
+
+def test_zero_length_and_zero_size_clips_are_skipped(cli, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    good = _npy_clips(src, 4)
+    reasons = _empty_clips(src)
+    result = cli(*_folder_npy_args(src, out))
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert f"skipped {len(reasons)} file(s)" in result.err
+    skipped = {s["source"]: s["reason"] for s in json.loads((out / "manifest.json").read_text())["skipped"]}
+    assert set(skipped) == set(reasons)
+    for name, reason in reasons.items():
+        assert skipped[name].startswith(reason), (name, skipped[name])
+    _assert_each_source_once(out, set(good))
+    assert verify_dataset(out).ok
+
+    only_empty = tmp_path / "only_empty"
+    _empty_clips(only_empty)
+    line = one_error_line(cli(*_folder_npy_args(only_empty, tmp_path / "o2")))
+    assert line.startswith(f"error: no readable videos in the source: {len(reasons)} skipped (first: ")
+
+
+def test_non_utf8_file_names_are_prepared(cli, tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    _npy_clips(src, 3)
+    odd = os.path.join(os.fsencode(src), b"caf\xe9.npy")  # Latin-1, as copied from an old system
+    try:
+        os.rename(os.fsencode(src / "c00.npy"), odd)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    (src / "notes\udce9.txt").write_text("not a clip")
+    result = cli(*_folder_npy_args(src, out))
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(n for s in manifest["splits"].values() for n in s["sources"]) == ["c01.npy", "c02.npy", "caf\\xe9.npy"]
+    assert manifest["skipped"] == [{"source": "notes\\xe9.txt", "reason": "not a video file type"}]
+    assert "notes\\xe9.txt" in result.err
+    assert verify_dataset(out).ok
+    again = cli(*_folder_npy_args(src, out))  # the source is unchanged: its fingerprint matches, nothing to do
+    assert again.code == 0 and "nothing to do" in again.out and "note:" not in again.out
+
+
+def test_an_out_that_is_a_file_is_refused(cli, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _npy_clips(src, 2)
+    existing = tmp_path / "results.txt"
+    existing.write_text("precious")
+    snapshot = file_snapshot(tmp_path)
+    assert one_error_line(cli(*_folder_npy_args(src, existing))) == f"error: --out {existing} is a file, not a folder"
+    line = one_error_line(cli(*_folder_npy_args(src, existing / "data")))
+    assert line.startswith(f"error: cannot create the lock file {existing / 'data' / LOCK_NAME}: "), line
+    assert_unchanged(snapshot)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt", "src"]
+
+
 # ---------------------------------------------------------------------------- a full disk
 
 
@@ -331,8 +672,9 @@ def _check_full_disk_result(proc: subprocess.CompletedProcess, out: Path, failin
     err = proc.stderr.strip()
     assert "Traceback" not in err and err.count("\n") == 0, err
     assert err == f"error: no space left on device writing {out / failing} ({why}); {fmt.RESUME_ADVICE}", err
-    # the complete shards stay, the one being written is gone, and no manifest (or temporary one) exists
-    assert _names(out) == kept | {fmt.STATE_NAME}
+    # the complete shards stay, the one being written is gone, and no manifest (or temporary one) exists;
+    # the lock file stays (the kernel's lock went with the process: see cttlstm_cli/locking.py)
+    assert _names(out) == kept | {fmt.STATE_NAME, LOCK_NAME}
     for name in kept:
         assert fmt.shard_entry(out / name)["videos"] > 0
 
@@ -385,6 +727,31 @@ def test_full_file_system_in_prepare_folder(tmp_path: Path, noise_videos: Path) 
         _check_full_disk_result(proc, out, "val-00000.h5", {"train-00000.h5"}, "ENOSPC")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def test_full_disk_while_a_changed_source_starts_over(tmp_path: Path, noise_videos: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "o"
+    shutil.copytree(noise_videos, src)
+    limit = _file_size_limit(200 * 1024)
+    proc = _cttlstm(*_folder_args(src, out), preexec_fn=limit)
+    _check_full_disk_result(proc, out, "val-00000.h5", {"train-00000.h5"}, "EFBIG: file size limit reached")
+    from cttlstm_cli.data.folder import assign_splits
+
+    names = [f"v{i:02d}.avi" for i in range(20)]
+    kept_train = [n for n, split in zip(names, assign_splits(20, (0.1, 0.9, 0.0), 0)) if split == "train"]
+    gone = set(kept_train) | set(names[-3:])  # among them the clips the kept train shard holds
+    for name in gone:
+        (src / name).unlink()
+    remaining = set(names) - gone
+    # the kept train shard belongs to the old source: deleted, and the disk is full again mid-way
+    proc = _cttlstm(*_folder_args(src, out), preexec_fn=limit)
+    _check_full_disk_result(proc, out, "val-00000.h5", {"train-00000.h5"}, "EFBIG: file size limit reached")
+    with h5py.File(out / "train-00000.h5", "r") as f:
+        assert set(json.loads(f.attrs["consumed_json"])) <= remaining
+    done = _cttlstm(*_folder_args(src, out))  # with room: it resumes what this source made
+    assert done.returncode == 0 and "kept 1 finished shard" in done.stdout and "note:" not in done.stdout, done.stderr
+    _assert_each_source_once(out, remaining)
+    assert verify_dataset(out).ok
 
 
 def _disk_with_room_for(monkeypatch, room: int) -> None:

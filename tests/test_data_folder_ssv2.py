@@ -92,3 +92,18 @@ def test_ssv2_subset_groups_and_labels(tmp_path: Path, cli) -> None:
     custom.write_text(json.dumps({"Spin": ["Spinning [something] so it continues spinning"]}))
     sub = ssv2.build_ssv2(src, tmp_path / "sub", subset=custom, size=(8, 8), channels=1, workers=1, progress=False).manifest
     assert sub["groups"] == {"Spin": [0]} and sub["splits"]["test"]["labels"] == [0]
+
+
+def test_ssv2_video_in_both_label_lists_goes_to_one_split(tmp_path: Path) -> None:
+    # a video the training and the validation list both name would be trained on and evaluated on
+    src = tmp_path / "ssv2"
+    (src / "labels").mkdir(parents=True)
+    (src / "labels" / ssv2.LABELS_JSON).write_text(json.dumps({"Holding something": "0"}))
+    (src / "labels" / ssv2.TRAIN_JSON).write_text(json.dumps([{"id": "1", "template": "Holding [something]"}, {"id": "2", "template": "Holding [something]"}]))
+    (src / "labels" / ssv2.VAL_JSON).write_text(json.dumps([{"id": "2", "template": "Holding [something]"}, {"id": "3", "template": "Holding [something]"}]))
+    for vid in ("1", "2", "3"):
+        write_video(src / "videos" / f"{vid}.webm", np.repeat(ramp_frames(3, 16, 16)[..., None], 3, axis=-1), codec="libvpx")
+    m = ssv2.build_ssv2(src, tmp_path / "o", size=(8, 8), channels=1, val_fraction=0.0, workers=1, progress=False).manifest
+    assert m["splits"]["train"]["sources"] == ["1.webm", "2.webm"] and m["splits"]["test"]["sources"] == ["3.webm"]
+    assert m["skipped"] == [{"source": "2.webm", "reason": f"listed again in {ssv2.VAL_JSON} (kept as listed in {ssv2.TRAIN_JSON})"}]
+    assert m["provenance"]["source_fingerprint"]["files"] == 6  # 3 videos and 3 label files

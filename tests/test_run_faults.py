@@ -1,12 +1,13 @@
 """Faults around a training run, each one line and a non-zero exit with nothing already written lost:
 a second writer of a run folder, a run killed before its first checkpoint, a full disk, a checkpoint
-of another model, a checkpoint that references code, and the printed next command."""
+of another model, a damaged checkpoint, a checkpoint that references code, and the printed next command."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from cttlstm_cli.models import create_model
 from cttlstm_cli.models.checkpoint import read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import load_recipe
 
-from conftest import RECIPES, REPO, leave_ddp_worker, one_error_line
+from conftest import RECIPES, REPO, assert_unchanged, file_snapshot, leave_ddp_worker, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
 #: generous bound for waiting on another process; the tests poll for a condition, never sleep-and-assume
@@ -316,6 +317,112 @@ def test_evaluate_and_predict_name_weights_that_do_not_fit_in_one_line(cli, trai
             line = one_error_line(cli(*args))
             assert line.startswith(f"error: {path}: the weights do not fit the convrnn (convttlstm) model its recipe describes: "), line
             assert expected in line and len(line) < 400, line
+    assert not (tmp_path / "p.gif").exists()
+
+
+# -- a damaged checkpoint (a field missing, of the wrong type or out of range) ---------------------------
+
+
+def _copy_of(trained_smoke, tmp_path: Path) -> Path:
+    """A copy of the session's trained smoke run: last.pt, previous.pt and best.pt, all at step 2."""
+    return Path(shutil.copytree(trained_smoke.run, tmp_path / "run"))
+
+
+def _damage(path: Path, change) -> None:  # noqa: ANN001 - a function that changes the payload in place
+    data = read_checkpoint(path)
+    change(data)
+    torch.save(data, path)
+
+
+def _complex_weights(data: dict) -> None:
+    data["model"]["cells.b0l0.tt.preprocess.0.weight"] = data["model"]["cells.b0l0.tt.preprocess.0.weight"].to(torch.complex64)
+
+
+def _int_weights(data: dict) -> None:
+    data["model"]["cells.b0l0.tt.preprocess.0.weight"] = data["model"]["cells.b0l0.tt.preprocess.0.weight"].to(torch.int64)
+
+
+COMPLEX = "model['cells.b0l0.tt.preprocess.0.weight']: complex weights (complex64); a checkpoint holds real floating-point tensors"
+INTEGER = "model['cells.b0l0.tt.preprocess.0.weight']: integer weights (int64); a checkpoint holds real floating-point tensors"
+
+
+@pytest.mark.parametrize(
+    "change,problem",
+    [
+        (_complex_weights, COMPLEX),
+        (lambda d: d.update(step="abc"), "step: expected a non-negative integer, found 'abc'"),
+        (lambda d: d.pop("rng"), "rng: missing"),
+        (lambda d: d["rng"].update(numpy_pos=10**6), "rng['numpy_pos']: expected a position from 0 to 624, found 1000000"),
+        (lambda d: d["schedule"].update(best_loss="low"), "schedule['best_loss']: expected a loss (infinity before the first validation), found 'low'"),
+        (lambda d: d["optimizer"].pop("state"), "optimizer['state']: missing"),
+    ],
+    ids=["complex-weights", "step", "no-rng", "numpy-position", "schedule", "optimizer"],
+)
+def test_resume_passes_over_a_damaged_last_checkpoint_with_a_warning(cli, trained_smoke, tmp_path: Path, change, problem: str) -> None:
+    """A damaged last.pt is skipped for previous.pt, as an unreadable one is: a warning naming the field, and the run goes on."""
+    run = _copy_of(trained_smoke, tmp_path)
+    _damage(run / "last.pt", change)
+    result = cli("train", SMOKE, "--out", run, *quick(trained_smoke.data, "--max-steps", "2", "--resume"))
+    assert result.code == 0, result.err
+    assert f"warning: last.pt is unusable ({run / 'last.pt'}: {problem}); falling back to previous.pt" in result.out.splitlines()
+    assert f"resuming {run / 'previous.pt'} at step 2;" in result.out
+
+
+def test_resume_with_every_checkpoint_damaged_is_one_line_and_changes_nothing(cli, trained_smoke, tmp_path: Path) -> None:
+    run = _copy_of(trained_smoke, tmp_path)
+    for name, change in (("last.pt", _int_weights), ("previous.pt", lambda d: d.update(epoch=-1)), ("best.pt", lambda d: d.update(recipe=None))):
+        _damage(run / name, change)
+    before = file_snapshot(run)
+    result = cli("train", SMOKE, "--out", run, *quick(trained_smoke.data, "--max-steps", "4", "--resume"))
+    line = one_error_line(result)
+    assert line == f"error: --resume: no usable checkpoint in {run} (last.pt and previous.pt and best.pt unreadable, damaged or not training checkpoints)"
+    assert [ln for ln in result.out.splitlines() if ln.startswith("warning: ")] == [
+        f"warning: last.pt is unusable ({run / 'last.pt'}: {INTEGER}); falling back to previous.pt",
+        f"warning: previous.pt is unusable ({run / 'previous.pt'}: epoch: expected a non-negative integer, found -1); falling back to best.pt",
+        f"warning: best.pt is unusable ({run / 'best.pt'}: recipe: expected a mapping of recipe sections, found None); no other checkpoint to fall back to",
+    ]
+    assert_unchanged(before)
+
+
+@pytest.mark.parametrize(
+    "change,problem",
+    [
+        (lambda d: d["optimizer"]["param_groups"][0].update(betas="abc"), "param group 0 holds 'betas' = 'abc' where the optimizer keeps (0.9, 0.999)"),
+        (lambda d: d["optimizer"]["param_groups"][0].pop("eps"), "param group 0 lacks 'eps'"),
+        (lambda d: d["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), "a state 'exp_avg' of shape [3] for a parameter of shape [4, 16, 3, 3]"),
+        (lambda d: d["optimizer"].update(param_groups=[*d["optimizer"]["param_groups"], {"params": []}]),
+         "loaded state dict has a different number of parameter groups"),
+    ],
+    ids=["betas", "no-eps", "moment-shape", "groups"],
+)
+def test_resume_refuses_an_optimizer_state_that_does_not_fit_and_changes_nothing(cli, trained_smoke, tmp_path: Path, change, problem: str) -> None:
+    """Valid data that does not fit the run's optimizer would fail at the first optimizer step, mid-run."""
+    run = _copy_of(trained_smoke, tmp_path)
+    _damage(run / "last.pt", change)
+    before = file_snapshot(run)
+    line = one_error_line(cli("train", SMOKE, "--out", run, *quick(trained_smoke.data, "--max-steps", "4", "--resume")))
+    assert line == f"error: --resume: {run / 'last.pt'}: its optimizer state does not fit the recipe's optimizer ({problem})"
+    assert_unchanged(before)
+
+
+def test_evaluate_and_predict_name_the_damaged_field_in_one_line(cli, trained_smoke, tmp_path: Path) -> None:
+    """Complex or integer weights used to be accepted (exit 0); a wrong type elsewhere was a traceback."""
+    np.save(tmp_path / "clip.npy", np.zeros((8, 32, 32), dtype=np.uint8))
+    cases = [
+        (_complex_weights, COMPLEX),
+        (_int_weights, INTEGER),
+        (lambda d: d.pop("image_channels"), "image_channels: missing"),
+        (lambda d: d.update(image_channels=2**70), "image_channels: expected a positive integer, found 1180591620717411303424"),
+        (lambda d: d["recipe"].update(model=[]), "recipe: model: must be a section (a mapping of keys) (got [])"),
+        (lambda d: d.update(step="abc"), "step: expected a non-negative integer, found 'abc'"),
+        (lambda d: d["rng"].update(torch="state"), "rng['torch']: expected torch's generator state (a uint8 tensor of 5056 bytes), found 'state'"),
+    ]
+    for change, problem in cases:
+        path = tmp_path / "damaged.pt"
+        shutil.copy(trained_smoke.best, path)
+        _damage(path, change)
+        for args in (["evaluate", path, "--quiet"], ["predict", tmp_path / "clip.npy", "-k", path, "--steps", "2", "--out", tmp_path / "p.gif"]):
+            assert one_error_line(cli(*args)) == f"error: {path}: {problem}"
     assert not (tmp_path / "p.gif").exists()
 
 

@@ -229,7 +229,7 @@ def test_bad_suite_is_one_line_before_anything_trains(cli, tmp_path: Path, case:
     ("", "is empty"),
     ("models: [unclosed", "not valid YAML"),
     ("- a\n- b\n", "expected a mapping of sections"),
-    ("[" * 5000, "not valid YAML"),
+    ("[" * 5000, "nested more than 64 levels deep"),
     ("name: x\n", "data: missing"),
 ])
 def test_unreadable_suite_files(cli, tmp_path: Path, text: str, expected: str) -> None:

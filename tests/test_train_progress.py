@@ -136,6 +136,15 @@ def test_a_cpu_epoch_over_an_hour_gets_the_tutorial_note_and_the_run_goes_on(cli
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
 
 
+def test_quiet_stays_quiet_while_moving_mnist_is_prepared(cli, tmp_path: Path) -> None:
+    """The first use of a Moving-MNIST path prepares it; under --quiet without its bars (they were drawn)."""
+    result = cli("train", SMOKE, "--out", tmp_path / "run", "--device", "cpu", "--quiet", "--set", f"data.path={tmp_path / 'data'}",
+                 "--set", "train.epoch_clips=8", "--set", "train.val_clips=8", "--max-steps", "1")  # fmt: skip
+    assert result.code == 0, result.err
+    assert (tmp_path / "data" / "manifest.json").is_file()
+    assert "━" not in result.out + result.err and "1000/1000" not in result.out + result.err, result.err
+
+
 #: runs `cttlstm ARGS` with one stage made to wait for ever (until SIGINT): the first optimizer
 #: step, or the preparation of Moving-MNIST
 _BLOCKED = """

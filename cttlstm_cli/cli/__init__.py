@@ -118,7 +118,53 @@ def _run(argv: list[str] | None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: see crash_report
+        from cttlstm_cli.models.registry import allocation_size, is_allocation_failure
+
+        if is_allocation_failure(err):  # what fits depends on the machine: the job's size, not a bug
+            print(f"error: {OUT_OF_MEMORY} ({allocation_size(err)}); {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)
+            return 2
+        print(f"error: {crash_report(err, argv)}", file=sys.stderr)
+        return INTERNAL_ERROR
     return result if isinstance(result, int) else 0
+
+
+#: exit code of a command stopped by an unexpected exception (BSD's EX_SOFTWARE): a bug, not bad input
+INTERNAL_ERROR = 70
+#: the line of a job that asked for more memory than the machine has, where no estimate refused it first
+OUT_OF_MEMORY = "out of memory"
+OUT_OF_MEMORY_ADVICE = "a smaller batch (train.micro_batch, --batch-size), frame size, rollout or model needs less"
+#: how the last-resort line starts; the tests fail whenever a command prints it
+INTERNAL_ERROR_PREFIX = "internal error"
+
+
+def crash_report(err: BaseException, argv: list[str] | None) -> str:
+    """Write the traceback of an unexpected exception to a crash report file; returns the one line to show.
+
+    Every fault a user can cause has its own message; reaching this means cttlstm itself missed
+    a case. The user still sees one line (with the file to attach to a bug report), never a
+    traceback, and the test suite fails whenever a command ends here.
+    """
+    import datetime
+    import os
+    import tempfile
+    import traceback
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    summary = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    text = (
+        f"cttlstm {__version__}, {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
+        f"command: cttlstm {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
+        + "".join(traceback.format_exception(err))
+    )
+    try:
+        fd, path = tempfile.mkstemp(prefix="cttlstm-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+        where = f"crash report: {path}"
+    except OSError as io_err:  # a full or read-only temporary folder: the line still says what happened
+        where = f"no crash report written ({io_err.strerror})"
+    return f"{INTERNAL_ERROR_PREFIX}: {summary} (a bug in cttlstm; {where})"
 
 
 def entry_point() -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 from cttlstm_cli.cli import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, console, err_console
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.schema import MAX_WORKERS
 
 _FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.2f}"}
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
@@ -173,7 +174,7 @@ def evaluate(
     context: int | None = typer.Option(None, "--context", min=1, help="Context frames I (default: the recipe's data.input_frames; 10 for the authors' files)."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Clips per batch (default: the recipe's eval.batch_size)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N clips of the split (quick checks)."),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader worker processes (default: the recipe's data.workers)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, max=MAX_WORKERS, help="DataLoader worker processes (default: the recipe's data.workers)."),
     device: str = DEVICE_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for report.json and per_frame.png (default: <run dir>/eval-<split>-<F>-<convention>)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (with several checkpoints: {\"checkpoints\": [...]})."),
@@ -192,6 +193,7 @@ def evaluate(
     a model that does not beat them has not learnt the motion. Writes report.json and
     per_frame.png; prints a table (or --json).
     """
+    from cttlstm_cli.atomic import require_output_folder
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.evaluation.metrics import get_convention, parse_metrics
     from cttlstm_cli.evaluation.runner import (
@@ -211,6 +213,8 @@ def evaluate(
     paths = [resolve_checkpoint_path(c) for c in checkpoints]
     if len(set(paths)) != len(paths):
         raise CttlstmError("the same checkpoint is given twice")
+    if out is not None:
+        require_output_folder(out)
     dev = open_device(device)
     lpips_model = shared_lpips(metric_names, lpips_weights, dev)
 

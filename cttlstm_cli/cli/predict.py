@@ -76,12 +76,11 @@ def predict(
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.errors import CttlstmError
     from cttlstm_cli.predict import panel_titles, prepare_prediction, raw_path, render, save_raw
-    from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, write_animation
+    from cttlstm_cli.rendering import ANIMATION_EXTENSIONS, check_fps, write_animation
 
     if out.suffix.lower() not in ANIMATION_EXTENSIONS:
         raise CttlstmError(f"--out must end in .gif or .mp4, got {out.name}")
-    if fps <= 0:
-        raise CttlstmError(f"--fps must be positive, got {fps}")
+    check_fps(fps)  # before the model runs: a bad rate would otherwise end a finished rollout
     if size is not None and (size[0] < 1 or size[1] < 1):
         raise CttlstmError(f"--size must be two positive numbers, got {size[0]} {size[1]}")
     if data is not None and test_clip is None:

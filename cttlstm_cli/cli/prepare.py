@@ -9,6 +9,7 @@ import typer
 from cttlstm_cli.cli import app
 from cttlstm_cli.cli.common import console, err_console
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.schema import MAX_WORKERS
 
 def parse_size(text: str | None, default: tuple[int, int] | None) -> tuple[int, int] | None:
     """``64`` -> (64, 64); ``120x160`` or ``120,160`` -> (120, 160) (H, W); ``default`` when not given."""
@@ -66,9 +67,11 @@ def prepare(
     verify: Path = typer.Option(
         None, "--verify", metavar="DIR",
         help="Check a prepared dataset instead of preparing one: every shard present, its size and sha256 as the manifest "
-        "records, every chunk readable (HDF5 fletcher32), the counts adding up. Exit 1 when something is damaged.",
+        "records, every chunk readable (HDF5 fletcher32), the counts adding up. Exit 1 when something is damaged; "
+        "exit 2 with one line for a manifest that breaks the format or does not describe its shards (frame size, "
+        "channels, dtype, a source in two splits).",
     ),  # fmt: skip
-    workers: int = typer.Option(None, "--workers", "-j", min=1, help="Decoding processes (default: all cores)."),
+    workers: int = typer.Option(None, "--workers", "-j", min=1, max=MAX_WORKERS, help="Decoding processes (default: all cores)."),
     size: str = typer.Option(None, "--size", help="Frame size N or HxW (mmnist: canvas, default 64; kth: 128; ssv2: 128; folder: 64)."),
     seed: int = typer.Option(0, "--seed", help="Seed for generation (mmnist) and random splits (folder, ssv2 val)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -110,8 +113,9 @@ def prepare(
     .webm videos with their label JSON files) or folder (your own videos: mp4, avi,
     webm, mov, gif, or sub-folders of frame images). Unreadable files are skipped and
     listed in the manifest. An interrupted prepare, run again with the same options,
-    keeps its finished shards; an output prepared with other options is never
-    overwritten. See docs/prepare.md.
+    keeps its finished shards (unless SOURCE changed in between: then it starts over,
+    and says so); an output prepared with other options is never overwritten, and a
+    second prepare into an --out in use is refused. See docs/prepare.md.
     """
     from cttlstm_cli.data.build import prepare_dataset
 
@@ -166,7 +170,7 @@ def _verify(root: Path, progress: bool) -> None:
 def _report(result) -> None:
     m = result.manifest
     for note in result.notes:
-        console.print(note, highlight=False, soft_wrap=True)
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
     if result.up_to_date:
         console.print(f"{result.root} is already prepared with these options; nothing to do.", highlight=False)
         return
@@ -180,6 +184,6 @@ def _report(result) -> None:
     if m["skipped"]:
         err_console.print(f"skipped {len(m['skipped'])} file(s) (listed in manifest.json 'skipped'):", highlight=False)
         for s in m["skipped"][:10]:
-            err_console.print(f"  {s['source']}: {s['reason']}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {s['source']}: {s['reason']}", highlight=False, soft_wrap=True, markup=False)
         if len(m["skipped"]) > 10:
             err_console.print(f"  ... and {len(m['skipped']) - 10} more", highlight=False)

@@ -244,7 +244,7 @@ def train(
     try:
         dev = open_device(device)
         bar = None if quiet else TrainProgress
-        trainer = open_trainer(cfg, out, dev, resume=resume, progress=bar, log=say, status=status, phase=phase, console=console)
+        trainer = open_trainer(cfg, out, dev, resume=resume, progress=bar, log=say, status=status, phase=phase, console=None if quiet else console)
         train_set, val_set = trainer.train_set, trainer.val_set
         if trainer.dist.is_main:
             where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"

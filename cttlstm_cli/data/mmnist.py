@@ -19,7 +19,7 @@ import numpy as np
 from cttlstm_cli.atomic import atomic_path
 from cttlstm_cli.data import video
 from cttlstm_cli.data.download import DownloadError, cache_root, fetch, sha256_file
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, run_prepare, source_fingerprint
 from cttlstm_cli.errors import CttlstmError
 
 MNIST_FILE = "train-images-idx3-ubyte.gz"
@@ -347,6 +347,8 @@ def build_mmnist(
         init=_init_digits,
         initargs=(digits,),
         progress=progress,
+        # the files given by path: one replaced under the same name between two runs must not be resumed into
+        source=source_fingerprint(Path("/"), [Path(p).resolve() for p in (mnist, test_seq) if p is not None]),
     )
     if warning:
         result.warnings.append(warning)

@@ -14,15 +14,17 @@ die with the prepare, even when it is killed with SIGKILL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,9 +37,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cttlstm_cli import __version__
-from cttlstm_cli.atomic import no_space_as_error
+from cttlstm_cli.atomic import no_space_as_error, require_output_folder
 from cttlstm_cli.data import shards as fmt
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.locking import LOCK_NAME, RunLock, check_unlocked
+from cttlstm_cli.rendering import printable
 
 _console = Console(stderr=True)
 
@@ -94,21 +98,76 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
-def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
-    """Decide what to do with ``out`` before any work.
+def source_fingerprint(base: Path, files: Iterable[Path]) -> dict[str, Any]:
+    """What a prepare's source looked like: the number of ``files`` and a sha256 over their paths
+    (relative to ``base``), sizes and modification times (``mtime_ns``), in sorted order.
 
-    Returns the existing manifest when ``out`` is already prepared with the same
-    options (nothing to do), None when the prepare should (re)start or resume, and
-    raises CttlstmError when ``out`` holds something else: nothing is ever overwritten.
-    A prepared dataset whose shards are missing or have another size than the manifest
-    records is turned back into an interrupted prepare (the damaged shards deleted, the
-    manifest removed), so that this run rebuilds exactly those shards.
+    Cheap (one ``stat`` per file, no reads) and changed by any file added, removed, renamed,
+    rewritten or touched. Files outside ``base`` (a labels folder elsewhere) count by their
+    absolute path. Recorded in ``.prepare-state.json`` and in the manifest
+    (``provenance.source_fingerprint``), it tells a resume whether its finished shards still
+    belong to the source.
     """
-    options = normalize_options(options)
-    if out.exists() and not out.is_dir():
-        raise CttlstmError(f"--out {out} exists and is not a folder")
-    manifest_path = out / fmt.MANIFEST_NAME
-    if manifest_path.is_file():
+    lines = []
+    for path in files:
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # gone (or unreadable) between listing and now: still a difference worth noticing
+            size, mtime = -1, -1
+        rel = os.fsencode(path.relative_to(base) if path.is_relative_to(base) else path.resolve())
+        lines.append(b"%s\t%d\t%d" % (rel, size, mtime))
+    lines.sort()
+    return {"files": len(lines), "sha256": hashlib.sha256(b"\n".join(lines)).hexdigest()}
+
+
+def _source_changed(then: dict[str, Any] | None, now: dict[str, Any] | None) -> str | None:
+    """How the source differs from the recorded fingerprint, or None (also when either is unknown)."""
+    if not isinstance(then, dict) or now is None or then == now:
+        return None
+    if then.get("files") != now["files"]:
+        return f"{then.get('files')} files then, {now['files']} now"
+    return f"{now['files']} files, some of them changed"
+
+
+def _misplaced_source(consumed: dict[str, list[tuple[str, list[str]]]], assigned: dict[str, str]) -> str | None:
+    """The first source that finished shards hold but this prepare does not assign to their split
+    (gone from the source, or now in another split), or None: whether those shards can be kept."""
+    for split, shards in consumed.items():
+        for name, keys in shards:
+            for key in keys:
+                if assigned.get(key) != split:
+                    now = f"now in the {assigned[key]} split" if key in assigned else "no longer in the source"
+                    return f"{name} holds '{printable(key)}', {now}"
+    return None
+
+
+def _assign(jobs: dict[str, list[Job]]) -> dict[str, str]:
+    """``{job key: split}``; a key in two splits (or twice in one) is refused before any work, so
+    that splits are disjoint by construction."""
+    assigned: dict[str, str] = {}
+    for split, split_jobs in jobs.items():
+        for job in split_jobs:
+            if job.key in assigned:
+                raise CttlstmError(
+                    f"source '{printable(job.key)}' is assigned to both the {assigned[job.key]} and the {split} split; "
+                    "each source must belong to one split"
+                )
+            assigned[job.key] = split
+    return assigned
+
+
+def _holds_other_files(out: Path) -> bool:
+    """Whether the folder ``out`` holds anything besides the prepare lock (which stays after every prepare)."""
+    return any(p.name != LOCK_NAME for p in out.iterdir())
+
+
+def inspect_output(out: Path, options: dict[str, Any]) -> str:
+    """What ``out`` is, changing nothing: ``"prepared"``, ``"interrupted"`` (both with these
+    options) or ``"new"``; a CttlstmError when it is a file, another prepare's output, or a
+    folder of other files."""
+    require_output_folder(out)
+    if (out / fmt.MANIFEST_NAME).is_file():
         manifest = fmt.read_manifest(out)
         old = manifest.get("provenance", {}).get("options", {})
         if old != options:
@@ -116,15 +175,7 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
                 f"{out} already holds a dataset prepared with other options ({'; '.join(_diff(old, options)[:3])}); "
                 "use another --out or delete it"
             )
-        damaged = _damaged_shards(out, manifest)
-        if not damaged:
-            return manifest
-        with no_space_as_error(out / fmt.STATE_NAME):
-            fmt.write_state(out, options)
-        for path in damaged:
-            path.unlink(missing_ok=True)
-        manifest_path.unlink()
-        return None
+        return "prepared"
     state = fmt.read_state(out) if out.is_dir() else None
     if state is not None:
         if state != options:
@@ -132,9 +183,61 @@ def check_output(out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
                 f"{out} holds an interrupted prepare with other options ({'; '.join(_diff(state, options)[:3])}); "
                 "use another --out or delete it"
             )
-        return None
-    if out.is_dir() and any(out.iterdir()):
+        return "interrupted"
+    if out.is_dir() and _holds_other_files(out):
         raise CttlstmError(f"--out {out} is not empty and is not a cttlstm dataset; use an empty or new folder")
+    return "new"
+
+
+def check_output(
+    out: Path,
+    options: dict[str, Any],
+    assigned: dict[str, str] | None = None,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Decide what to do with ``out`` before any work (the caller holds ``out``'s lock).
+
+    Returns the existing manifest when ``out`` is already prepared with the same
+    options (nothing to do), None when the prepare should (re)start or resume, and
+    raises CttlstmError when ``out`` holds something else: nothing is ever overwritten.
+    A prepared dataset whose shards are missing or have another size than the manifest
+    records is turned back into an interrupted prepare (the damaged shards deleted, the
+    manifest removed), so that this run rebuilds exactly those shards, but only when the
+    source is still the one it was prepared from (``source``, the fingerprint of
+    :func:`source_fingerprint`, and ``assigned``, each job key's split, against what the
+    manifest and the intact shards record). Otherwise the rebuilt shards would mix two
+    versions of the source, one clip perhaps in two splits: that is refused, changing nothing.
+    """
+    options = normalize_options(options)
+    if inspect_output(out, options) != "prepared":
+        return None
+    manifest = fmt.read_manifest(out)
+    damaged = _damaged_shards(out, manifest)
+    if not damaged:
+        return manifest
+    changed = _source_changed(manifest.get("provenance", {}).get("source_fingerprint"), source)
+    if changed is None and assigned is not None:
+        intact: dict[str, list[tuple[str, list[str]]]] = {}
+        for split, summary in manifest["splits"].items():
+            for name in summary["shards"]:
+                if out / name in damaged:
+                    continue
+                try:
+                    intact.setdefault(split, []).append((name, fmt.read_shard_header(out / name).consumed or []))
+                except fmt.ShardError:  # the right size but unreadable: rebuilt like a missing one
+                    damaged.append(out / name)
+        changed = _misplaced_source(intact, assigned)
+    if changed is not None:
+        names = ", ".join(p.name for p in damaged)
+        raise CttlstmError(
+            f"{out} has damaged shard(s) ({names}), but the source changed since it was prepared ({changed}): rebuilding "
+            f"them would mix two versions of it; delete {out} (or choose another --out) to prepare the source anew"
+        )
+    with no_space_as_error(out / fmt.STATE_NAME):
+        fmt.write_state(out, options, source)
+    for path in damaged:
+        path.unlink(missing_ok=True)
+    (out / fmt.MANIFEST_NAME).unlink()
     return None
 
 
@@ -149,6 +252,20 @@ def _damaged_shards(out: Path, manifest: dict[str, Any]) -> list[Path]:
             except fmt.ShardError:
                 damaged.append(out / name)
     return damaged
+
+
+#: the files a prepare writes into ``--out`` besides the manifest: complete and partial shards
+_SHARD_FILE = re.compile(r"(train|val|test)-\d{5}\.h5|\.(train|val|test)-\d{5}\.h5\.partial")
+
+
+def _discard_shards(out: Path) -> int:
+    """Delete every complete and partial shard in ``out`` (only names a prepare writes); returns how many complete ones."""
+    complete = 0
+    for path in sorted(out.iterdir()):
+        if _SHARD_FILE.fullmatch(path.name) and path.is_file():
+            complete += not path.name.startswith(".")
+            path.unlink()
+    return complete
 
 
 #: Linux prctl option: the signal a process gets when its parent dies
@@ -302,6 +419,46 @@ def _file_size_limit_is_an_error() -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
+def _item_problem(items: list[Item], frame_size: tuple[int, int], channels: int) -> str | None:
+    """Why a job's decoded items cannot be stored as videos of this dataset, or None.
+
+    Decoders refuse empty and zero-size clips themselves (:func:`cttlstm_cli.data.video.decode`);
+    this guards the shards' invariant (every video uint8 ``[T>=1, H, W, C]`` at the manifest's
+    layout) for any builder, so that one odd clip is skipped rather than stored wrong.
+    """
+    want = (int(frame_size[0]), int(frame_size[1]), int(channels))
+    for item in items:
+        frames = item.frames
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
+            what = f"{frames.dtype} {list(frames.shape)}" if isinstance(frames, np.ndarray) else type(frames).__name__
+            return f"decoded to {what}, not uint8 [T, H, W, C]"
+        if frames.shape[0] == 0:
+            return "no frames"
+        if tuple(frames.shape[1:]) != want:
+            return f"frames of {list(frames.shape[1:])} (H, W, C), the dataset stores {list(want)}"
+    return None
+
+
+def _coverage_problem(
+    out: Path, built: dict[str, list[dict[str, Any]]], assigned: dict[str, str], unrecorded: set[str]
+) -> str | None:
+    """Whether the finished shards cover every source exactly once, in the split it is assigned to;
+    the first problem, or None. Checked before the manifest is written, also after a resume.
+    ``unrecorded`` are sources skipped at the end of a split, which no shard records (no shard
+    is written for skips alone)."""
+    misplaced = _misplaced_source({s: [(e["file"], e["consumed"]) for e in entries] for s, entries in built.items()}, assigned)
+    if misplaced is not None:
+        return f"{out}: shard {misplaced}"
+    shared = fmt.shared_source(out, ((s, e["file"], e["consumed"]) for s, entries in built.items() for e in entries))
+    if shared is not None:
+        return shared
+    covered = {key for entries in built.values() for e in entries for key in e["consumed"]} | unrecorded
+    for key, split in assigned.items():
+        if key not in covered:
+            return f"{out}: source '{printable(key)}' of the {split} split is in no shard"
+    return None
+
+
 @_file_size_limit_is_an_error()
 def run_prepare(
     out: Path,
@@ -319,6 +476,7 @@ def run_prepare(
     initargs: tuple = (),
     progress: bool = True,
     shard_bytes: int | None = None,
+    source: dict[str, Any] | None = None,
 ) -> PrepareResult:
     """Run every split's jobs into shards under ``out`` and write the manifest last.
 
@@ -327,18 +485,87 @@ def run_prepare(
     rejected before decoding (bad names, missing files). Returns a :class:`PrepareResult`.
     A full disk is a one-line CttlstmError naming the file; complete shards stay, so the
     same call resumes once there is room.
+
+    One prepare at a time writes to ``out``: it holds ``out/.lock``
+    (:class:`cttlstm_cli.locking.RunLock`) throughout, and a second one is refused in one
+    line before it changes anything.
+
+    ``source`` is the fingerprint of what the jobs read (:func:`source_fingerprint`), for
+    builders whose split assignment depends on the whole source (a seeded shuffle of the
+    file list). Resuming an interrupted prepare whose source has changed since (or whose
+    finished shards hold a source this run assigns to another split, or to none) would mix
+    two versions of the source, a deleted clip kept and one clip in two splits: the finished
+    shards are deleted instead and the prepare starts over, with a note in the result. (Only
+    compute is lost: an interrupted prepare is no dataset yet. A *complete* dataset is never
+    discarded that way; see :func:`check_output`.) Before the manifest is written, the shards
+    are checked to cover every job exactly once, in its split.
     """
     options = normalize_options(options)
-    shard_bytes = shard_bytes or fmt.SHARD_BYTES  # looked up now, so tests can shrink shards
-    existing = check_output(out, options)
+    assigned = _assign(jobs)
+    check_unlocked(out)  # "in use" says more than what a running prepare's files look like
+    inspect_output(out, options)  # refusals first: no lock file is left in a folder that is not ours
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        return _prepare_locked(
+            out, dataset, options, jobs, assigned, frame_size, channels, workers, provenance, extra, label_names,
+            pre_skipped, init, initargs, progress, shard_bytes or fmt.SHARD_BYTES, source,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _prepare_locked(
+    out: Path,
+    dataset: str,
+    options: dict[str, Any],
+    jobs: dict[str, list[Job]],
+    assigned: dict[str, str],
+    frame_size: tuple[int, int],
+    channels: int,
+    workers: int,
+    provenance: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+    label_names: list[str] | None,
+    pre_skipped: list[dict[str, str]] | None,
+    init: Callable[..., None] | None,
+    initargs: tuple,
+    progress: bool,
+    shard_bytes: int,
+    source: dict[str, Any] | None,
+) -> PrepareResult:
+    """:func:`run_prepare`'s work, under ``out``'s lock."""
+    notes: list[str] = []
+    existing = check_output(out, options, assigned, source)
     if existing is not None:
-        return PrepareResult(out, existing, up_to_date=True)
+        changed = _source_changed(existing.get("provenance", {}).get("source_fingerprint"), source)
+        if changed is not None:
+            notes.append(
+                f"note: the source changed since {out} was prepared ({changed}); the dataset still holds the earlier "
+                f"version: delete {out} or choose another --out to prepare the current one"
+            )
+        return PrepareResult(out, existing, up_to_date=True, notes=notes)
     start = time.perf_counter()
+    record = fmt.read_state_record(out)  # None: a new prepare
+    done = {split: _complete_shards(out, split) for split in jobs}
+    if record is not None:
+        changed = _source_changed(record.get("source_fingerprint"), source) or _misplaced_source(
+            {s: [(e["file"], e["consumed"]) for e in entries] for s, entries in done.items()}, assigned
+        )
+        if changed is not None:
+            dropped = _discard_shards(out)
+            done = {split: [] for split in jobs}
+            if dropped:
+                notes.append(
+                    f"note: the source changed since the interrupted prepare in {out} began ({changed}): "
+                    f"its {dropped} finished shard(s) were deleted and the prepare started over"
+                )
     with no_space_as_error(out / fmt.STATE_NAME, fmt.RESUME_ADVICE):
-        out.mkdir(parents=True, exist_ok=True)
-        fmt.write_state(out, options)
-    skipped: list[dict[str, str]] = list(pre_skipped or [])
+        fmt.write_state(out, options, source)
+    skipped: list[dict[str, str]] = [{k: printable(str(v)) for k, v in e.items()} for e in pre_skipped or []]
     split_summaries: dict[str, dict[str, Any]] = {}
+    built: dict[str, list[dict[str, Any]]] = {}
+    unrecorded: set[str] = set()
     resumed = 0
     pool = _Pool(workers, init, initargs)
     columns = (
@@ -352,27 +579,29 @@ def run_prepare(
     try:
         with Progress(*columns, console=_console, disable=not progress) as bar:
             for split, split_jobs in jobs.items():
-                done = _complete_shards(out, split)
-                resumed += len(done)
-                consumed = {k for e in done for k in e["consumed"]}
-                for e in done:
+                entries = list(done[split])
+                resumed += len(entries)
+                consumed = {k for e in entries for k in e["consumed"]}
+                for e in entries:
                     skipped.extend(e["skipped"])
                 todo = [j for j in split_jobs if j.key not in consumed]
                 task = bar.add_task(split, total=sum(j.weight for j in split_jobs))
                 bar.advance(task, sum(j.weight for j in split_jobs if j.key in consumed))
-                entries = list(done)
-                index = len(done)
+                index = len(entries)
                 for job, result in pool.ordered(todo):
                     if writer is None:
                         writer = fmt.ShardWriter(out / fmt.shard_name(split, index))
                     writer.consumed.append(job.key)
-                    if isinstance(result, BaseException):
-                        entry = {"source": job.key, "reason": _reason(result)}
+                    problem = result if isinstance(result, BaseException) else _item_problem(result, frame_size, channels)
+                    if problem is not None:
+                        reason = _reason(problem) if isinstance(problem, BaseException) else problem
+                        entry = {"source": printable(job.key), "reason": printable(reason)}
                         writer.skipped.append(entry)
                         skipped.append(entry)
                     else:
-                        for item in result:
-                            writer.add(item.frames, item.name, item.source, item.label, item.segments)
+                        for item in result:  # type: ignore[union-attr]
+                            # names keep undecodable bytes of a file name as \xNN: HDF5 stores UTF-8 only
+                            writer.add(item.frames, printable(item.name), printable(item.source), item.label, item.segments)
                     bar.advance(task, job.weight)
                     if writer.nbytes >= shard_bytes:  # close only between jobs: boundaries stay deterministic
                         entries.append(writer.close())
@@ -381,8 +610,10 @@ def run_prepare(
                     if writer.videos:
                         entries.append(writer.close())
                     else:  # only skips since the last shard: nothing worth a file
+                        unrecorded.update(writer.consumed)
                         writer.abort()
                     writer = None
+                built[split] = entries
                 split_summaries[split] = _split_summary(entries)
     except BaseException:
         if writer is not None:
@@ -395,12 +626,16 @@ def run_prepare(
         first = f" (first: {skipped[0]['source']}: {skipped[0]['reason']})" if skipped else ""
         (out / fmt.STATE_NAME).unlink(missing_ok=True)
         raise CttlstmError(f"no readable videos in the source: {len(skipped)} skipped{first}")
+    problem = _coverage_problem(out, built, assigned, unrecorded)
+    if problem is not None:  # never a manifest that lists a source twice, or one that is gone
+        raise CttlstmError(f"{problem}; the manifest was not written: delete {out} and prepare again")
     seconds = time.perf_counter() - start
     manifest: dict[str, Any] = {
         "format_version": fmt.FORMAT_VERSION,
         "dataset": dataset,
         "frame_size": [int(frame_size[0]), int(frame_size[1])],
         "channels": int(channels),
+        "dtype": fmt.DTYPE,
         "splits": split_summaries,
     }
     if label_names is not None:
@@ -414,12 +649,13 @@ def run_prepare(
         "workers": workers,
         "seconds": round(seconds, 2),
         **(provenance or {}),
+        **({"source_fingerprint": source} if source is not None else {}),
         "options": options,
     }
     with no_space_as_error(out / fmt.MANIFEST_NAME, fmt.RESUME_ADVICE):  # write_manifest removes its temporary file
         fmt.write_manifest(out, manifest)
     (out / fmt.STATE_NAME).unlink(missing_ok=True)
-    return PrepareResult(out, manifest, resumed_shards=resumed, seconds=seconds)
+    return PrepareResult(out, manifest, resumed_shards=resumed, seconds=seconds, notes=notes)
 
 
 def _split_summary(entries: list[dict[str, Any]]) -> dict[str, Any]:

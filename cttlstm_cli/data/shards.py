@@ -6,6 +6,7 @@ Layout of a prepared folder::
     DIR/.prepare-state.json      # options of a prepare in progress (removed when complete)
     DIR/train-00000.h5           # shards, one or more per split, each at most ~1 GB of frames
     DIR/.train-00001.h5.partial  # a shard being written (never read as valid)
+    DIR/.lock                    # the lock a prepare holds while it writes (cttlstm_cli.locking)
 
 Each shard holds a group ``videos`` with one uint8 dataset ``[T, H, W, C]`` per video
 (or Moving-MNIST sequence), chunked per group of frames and gzip-compressed, with
@@ -21,17 +22,23 @@ checksums are on (HDF5 1.10 object headers and chunk indexes), and the manifest 
 each shard's size and sha256 (``splits.<split>.checksums``). Readers translate any
 failure to read a shard into one :class:`ShardError` naming the file; shards written
 before these checks (no fletcher32, no checksums in the manifest) read as before.
+
+The manifest is checked against its schema on every read (:func:`read_manifest`, with
+:mod:`cttlstm_cli.data.manifest`), and the shards against the manifest when a dataset is
+opened or verified (:func:`check_shards`: sizes, the frame layout, no source in two splits).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,9 @@ import h5py
 import numpy as np
 
 from cttlstm_cli.atomic import no_space_error, write_json_atomic
+from cttlstm_cli.data.manifest import DTYPE, validate_manifest
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.rendering import printable
 
 #: bump when the layout changes in a way old readers cannot handle
 FORMAT_VERSION = 1
@@ -75,6 +84,15 @@ def shard_error(path: Path, problem: str) -> ShardError:
     )
 
 
+def unreadable_shard(path: Path, err: BaseException) -> ShardError | None:
+    """The one-line error for a shard this user may not read (HDF5 reports it as an OSError with
+    errno EACCES), or None for any other failure: rebuilding, the advice for a damaged shard, would
+    not help, and the file is most likely fine."""
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM):
+        return ShardError(f"shard {path} cannot be read (permission denied); give this user read access to it")
+    return None
+
+
 def describe_read_error(err: BaseException) -> str:
     """A short reason for an h5py read failure (h5py's messages carry a prefix that says nothing)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -101,36 +119,53 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """Read and sanity-check ``root/manifest.json``; a missing or foreign file is a CttlstmError."""
+    """Read ``root/manifest.json`` and check it against the schema (:mod:`cttlstm_cli.data.manifest`).
+
+    Returns the decoded JSON as it is (extra keys included). A missing, unreadable or foreign
+    file, a newer format, and any field the schema refuses are one-line CttlstmErrors naming
+    the file and, for a field, its place: ``DIR/manifest.json: splits.train.videos: expected
+    a non-negative integer, found 'x'``.
+    """
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise CttlstmError(f"no prepared dataset at {root} (missing {MANIFEST_NAME}); run 'cttlstm prepare' first")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CttlstmError(f"unreadable manifest {path}: {err}") from None
-    if not isinstance(manifest, dict) or "splits" not in manifest or "frame_size" not in manifest:
-        raise CttlstmError(f"{path} is not a cttlstm dataset manifest")
-    version = manifest.get("format_version", 0)
-    if version > FORMAT_VERSION:
+    except (OSError, ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).strip().splitlines()[0]
+        raise CttlstmError(f"unreadable manifest {path}: {reason}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if type(version) is int and version > FORMAT_VERSION:  # a newer layout may break this schema: say so first
         raise CttlstmError(f"{path} has format version {version}; this cttlstm reads up to {FORMAT_VERSION}, please upgrade")
+    try:
+        validate_manifest(manifest)
+    except ValueError as err:
+        raise CttlstmError(f"{path}: {err}") from None
     return manifest
 
 
-def write_state(root: Path, options: dict[str, Any]) -> None:
-    """Record the options of a prepare in progress (so a re-run can resume or refuse)."""
-    write_json_atomic(root / STATE_NAME, {"format_version": FORMAT_VERSION, "options": options})
+def write_state(root: Path, options: dict[str, Any], source: dict[str, Any] | None = None) -> None:
+    """Record the options of a prepare in progress (so a re-run can resume or refuse) and the
+    fingerprint of its source (so a resume notices a source that changed in between)."""
+    write_json_atomic(root / STATE_NAME, {"format_version": FORMAT_VERSION, "options": options, "source_fingerprint": source})
 
 
-def read_state(root: Path) -> dict[str, Any] | None:
-    """Options of an interrupted prepare in ``root``, or None."""
+def read_state_record(root: Path) -> dict[str, Any] | None:
+    """The whole record of an interrupted prepare in ``root`` (``options``, ``source_fingerprint``), or None."""
     path = root / STATE_NAME
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("options")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return record if isinstance(record, dict) and isinstance(record.get("options"), dict) else None
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    """Options of an interrupted prepare in ``root``, or None."""
+    record = read_state_record(root)
+    return None if record is None else record["options"]
 
 
 def shard_name(split: str, index: int) -> str:
@@ -410,7 +445,7 @@ def shard_entry(path: Path) -> dict[str, Any]:
                 "labels": [int(x) for x in f["labels"][()]],
             }
     except READ_ERRORS as err:
-        raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
+        raise unreadable_shard(path, err) or shard_error(path, f"is damaged ({describe_read_error(err)})") from None
     entry["bytes"] = path.stat().st_size
     entry["sha256"] = file_sha256(path)
     return entry
@@ -446,13 +481,117 @@ def open_shard(path: Path) -> h5py.File:
     except FileNotFoundError:
         raise shard_error(path, "is missing") from None
     except READ_ERRORS as err:
-        raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
+        raise unreadable_shard(path, err) or shard_error(path, f"is damaged ({describe_read_error(err)})") from None
+
+
+@dataclass
+class ShardHeader:
+    """What a reader learns from a shard without touching frames: its index, the sources it
+    covers, and the layout of its first video."""
+
+    lengths: np.ndarray
+    labels: np.ndarray
+    segments: list[list[list[int]] | None]
+    #: the job keys (sources) the shard covers, skipped ones included; None for a shard without the record
+    consumed: list[str] | None
+    #: ``([H, W, C], dtype)`` of the first stored video; None for a shard without videos
+    layout: tuple[list[int], str] | None
+
+
+def read_shard_header(path: Path) -> ShardHeader:
+    """The :class:`ShardHeader` of a shard (metadata and the small index only); a :class:`ShardError` if unreadable."""
+    with open_shard(path) as f:
+        try:
+            consumed = json.loads(f.attrs["consumed_json"]) if "consumed_json" in f.attrs else None
+            first = next(iter(f["videos"]), None)
+            layout = None
+            if first is not None:
+                ds = f["videos"][first]
+                layout = ([int(n) for n in ds.shape[1:]], str(ds.dtype))
+            return ShardHeader(f["lengths"][()], f["labels"][()], json.loads(f.attrs["segments_json"]), consumed, layout)
+        except READ_ERRORS as err:
+            raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
 
 
 def read_shard_index(path: Path) -> tuple[np.ndarray, np.ndarray, list[list[list[int]] | None]]:
     """(lengths, labels, segments) of a shard, without reading any frames; a :class:`ShardError` if unreadable."""
-    with open_shard(path) as f:
-        try:
-            return f["lengths"][()], f["labels"][()], json.loads(f.attrs["segments_json"])
-        except READ_ERRORS as err:
-            raise shard_error(path, f"is damaged ({describe_read_error(err)})") from None
+    header = read_shard_header(path)
+    return header.lengths, header.labels, header.segments
+
+
+#: what to do about a manifest that does not describe its shards
+LAYOUT_ADVICE = "the manifest does not describe its shards: restore it, or prepare the dataset again into a new --out"
+
+
+def check_layout(root: Path, manifest: dict[str, Any], name: str, layout: tuple[list[int], str] | None) -> None:
+    """Refuse, in one line naming the field and both values, a shard whose frames are not the
+    ``frame_size``, ``channels`` and ``dtype`` the manifest records (an edited manifest, or
+    another dataset's shard): readers would otherwise serve clips of the wrong shape."""
+    if layout is None:
+        return
+    shape, dtype = layout
+    where = f"{root / MANIFEST_NAME}"
+    if len(shape) != 3:
+        raise CttlstmError(f"{where}: shard {name} holds videos of shape {shape}, not [T, H, W, C]; {LAYOUT_ADVICE}")
+    for field, want, have in (
+        ("frame_size", list(manifest["frame_size"]), shape[:2]),
+        ("channels", manifest["channels"], shape[2]),
+        ("dtype", manifest.get("dtype", DTYPE), dtype),
+    ):
+        if want != have:
+            raise CttlstmError(f"{where}: {field} is {want!r} but shard {name} holds {have!r}; {LAYOUT_ADVICE}")
+
+
+def shared_source(root: Path, shards: Iterable[tuple[str, str, list[str] | None]]) -> str | None:
+    """The one-line problem when a source is covered by two shards (``(split, file, consumed keys)``
+    each), in two splits or twice in one; None when every source is covered once.
+
+    A clip in train and test would leak what the model is evaluated on into its training.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    for split, name, keys in shards:
+        for key in keys or ():
+            if key in seen:
+                other_split, other = seen[key]
+                where = (
+                    f"in both the {other_split} split ({other}) and the {split} split ({name})"
+                    if other_split != split
+                    else f"twice in the {split} split ({other}, {name})"
+                )
+                return f"{root}: source '{printable(key)}' is {where}; prepare the dataset again into a new --out"
+            seen[key] = (split, name)
+    return None
+
+
+def check_shards(root: Path, manifest: dict[str, Any], split: str | None = None) -> dict[str, ShardHeader]:
+    """The cheap checks of a prepared dataset's shards against its manifest (metadata only, no frames).
+
+    Every shard of ``split`` must be there with its recorded size and a readable index (a
+    :class:`ShardError` otherwise); the other splits' shards (all of them when ``split`` is None)
+    are checked when they can be read, since a missing or damaged one is only a problem for
+    whoever reads that split (and for ``prepare --verify``, which reports it). Every shard read
+    must hold frames of the manifest's ``frame_size``, ``channels`` and ``dtype``
+    (:func:`check_layout`, one video's metadata per shard), and no source may be covered by two
+    shards (:func:`shared_source`: a clip in two splits). Returns ``{file name: header}`` of the
+    shards read, in manifest order.
+    """
+    headers: dict[str, ShardHeader] = {}
+    covered: list[tuple[str, str, list[str] | None]] = []
+    for name_of_split, summary in manifest["splits"].items():
+        sums = shard_checksums(manifest, name_of_split)
+        for name in summary["shards"]:
+            path = Path(root) / name
+            try:
+                check_shard_file(path, sums.get(name))
+                header = read_shard_header(path)
+            except ShardError:
+                if name_of_split == split:
+                    raise
+                continue
+            check_layout(Path(root), manifest, name, header.layout)
+            headers[name] = header
+            covered.append((name_of_split, name, header.consumed))
+    problem = shared_source(Path(root), covered)
+    if problem is not None:
+        raise CttlstmError(problem)
+    return headers

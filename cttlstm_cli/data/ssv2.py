@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare
+from cttlstm_cli.data.prepare import Item, Job, PrepareResult, require_folder, run_prepare, source_fingerprint
 from cttlstm_cli.data.video import read_video
 from cttlstm_cli.errors import CttlstmError
 
@@ -104,10 +104,11 @@ def build_ssv2(
     """Prepare SSv2 (optionally a template subset) from its video folder and label JSON files."""
     source, out = require_folder(source), Path(out)
     places = [Path(labels_dir)] if labels_dir is not None else [source, source.parent]
-    train_list = _load_list(_find(TRAIN_JSON, places))
-    val_list = _load_list(_find(VAL_JSON, places))
+    label_files = {name: _find(name, places) for name in (TRAIN_JSON, VAL_JSON, LABELS_JSON)}
+    train_list = _load_list(label_files[TRAIN_JSON])
+    val_list = _load_list(label_files[VAL_JSON])
     try:
-        official = {normalize_template(k): int(v) for k, v in json.loads(_find(LABELS_JSON, places).read_text()).items()}
+        official = {normalize_template(k): int(v) for k, v in json.loads(label_files[LABELS_JSON].read_text()).items()}
     except (ValueError, AttributeError) as err:
         raise CttlstmError(f"unreadable {LABELS_JSON}: {err}") from None
 
@@ -127,7 +128,7 @@ def build_ssv2(
         label_of = {normalize_template(t): i for i, t in enumerate(names)}
     else:
         names = [""] * (max(official.values()) + 1)
-        for k, v in json.loads(_find(LABELS_JSON, places).read_text()).items():
+        for k, v in json.loads(label_files[LABELS_JSON].read_text()).items():
             names[int(v)] = k
         label_of = official
 
@@ -136,7 +137,8 @@ def build_ssv2(
         raise CttlstmError(f"no .webm videos found in {source}")
     pre_skipped: list[dict[str, str]] = []
     entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
-    for split, listing in (("train", train_list), ("test", val_list)):
+    listed: dict[str, str] = {}  # id -> the labels file that listed it first: one video, one split
+    for split, listing, file in (("train", train_list, TRAIN_JSON), ("test", val_list, VAL_JSON)):
         for e in listing:
             label = label_of.get(normalize_template(str(e.get("template", e.get("label", "")))))
             if label is None:
@@ -145,6 +147,10 @@ def build_ssv2(
             if vid not in webm:
                 pre_skipped.append({"source": f"{vid}.webm", "reason": "listed in the labels but the video file is missing"})
                 continue
+            if vid in listed:
+                pre_skipped.append({"source": f"{vid}.webm", "reason": f"listed again in {file} (kept as listed in {listed[vid]})"})
+                continue
+            listed[vid] = file
             entries[split].append((vid, label))
     # a seeded slice of the official training list becomes validation
     train_entries = sorted(entries["train"], key=lambda x: int(x[0]) if x[0].isdigit() else x[0])
@@ -174,7 +180,11 @@ def build_ssv2(
     if groups_out is not None:
         extra["groups"] = groups_out
         extra["subset_missing"] = missing
+    # the validation hold-out is a seeded shuffle of the whole list: a resume must see the same files
+    read = [webm[vid] for items in split_entries.values() for vid, _ in items]
+    read += list(label_files.values())
     return run_prepare(
         out, "ssv2", options, jobs, tuple(size), channels, workers=workers,
         provenance={"subset": options["subset"]}, extra=extra, label_names=names, pre_skipped=pre_skipped, progress=progress,
+        source=source_fingerprint(source, read),
     )  # fmt: skip

@@ -1,7 +1,9 @@
 """Check a prepared dataset end to end: ``cttlstm prepare --verify DIR``.
 
-:func:`verify_dataset` reads every byte once and reports per shard: the manifest parses,
-each listed shard is there with the size and sha256 the manifest records (datasets
+:func:`verify_dataset` first refuses, in one line, what is no dataset it can check: a
+manifest that breaks the schema, shards whose frames are not the manifest's frame size,
+channels or dtype, a source in two splits. Then it reads every byte once and reports per
+shard: each listed shard is there with the size and sha256 the manifest records (datasets
 prepared before checksums were recorded skip that check), every chunk of every video
 reads back (which runs HDF5's fletcher32 checksum where the shard has it, and gzip), and
 the videos and frames found add up to what the manifest says. It never changes a file.
@@ -100,9 +102,12 @@ class VerifyResult:
 def verify_dataset(out: str | Path, progress: Callable[[str, int, int], None] | None = None) -> VerifyResult:
     """Check the prepared dataset in ``out`` (see the module doc) and return what was found.
 
-    Raises CttlstmError only when ``out`` is not a prepared dataset at all (no folder or
-    no ``manifest.json``); everything else, an unreadable manifest included, is reported
-    in the result. ``progress(file, done, total)`` is called after each shard.
+    Raises CttlstmError (one line) when ``out`` is no dataset this cttlstm can read, before
+    reading any frames: no folder, no ``manifest.json``, a manifest that is unreadable or
+    breaks the schema (:mod:`cttlstm_cli.data.manifest`), shards whose frames are not the
+    manifest's ``frame_size``, ``channels`` or ``dtype``, or a source in two splits
+    (:func:`cttlstm_cli.data.shards.check_shards`, on every shard that can be read). Damage to
+    shards is reported in the result. ``progress(file, done, total)`` is called after each shard.
     """
     root = Path(out)
     if not root.is_dir():
@@ -114,15 +119,10 @@ def verify_dataset(out: str | Path, progress: Callable[[str, int, int], None] | 
         if (root / fmt.STATE_NAME).is_file():
             state = " (an interrupted prepare: run the same 'cttlstm prepare' again to finish it)"
         raise CttlstmError(f"--verify: no prepared dataset at {root} (missing {fmt.MANIFEST_NAME}){state}")
-    try:
-        manifest = fmt.read_manifest(root)
-    except CttlstmError as err:
-        result.problems.append(str(err))
-        return result
-    splits = manifest.get("splits")
-    if not isinstance(splits, dict):
-        result.problems.append(f"{manifest_path}: 'splits' is not a mapping")
-        return result
+    manifest = fmt.read_manifest(root)
+    fmt.check_shards(root, manifest)
+    splits = manifest["splits"]
+    layout = ([*manifest["frame_size"], manifest["channels"]], manifest.get("dtype", fmt.DTYPE))
     todo: list[tuple[str, str, dict[str, Any] | None]] = []
     for split, summary in splits.items():
         sums = fmt.shard_checksums(manifest, split)
@@ -133,7 +133,7 @@ def verify_dataset(out: str | Path, progress: Callable[[str, int, int], None] | 
             "the manifest records no shard checksums (prepared by an older cttlstm): sizes and sha256 not checked"
         )
     for i, (split, name, recorded) in enumerate(todo):
-        result.shards.append(_check_shard(root / name, split, recorded))
+        result.shards.append(_check_shard(root / name, split, recorded, layout))
         if progress is not None:
             progress(name, i + 1, len(todo))
     for split, summary in splits.items():
@@ -154,7 +154,7 @@ def verify_dataset(out: str | Path, progress: Callable[[str, int, int], None] | 
     return result
 
 
-def _check_shard(path: Path, split: str, recorded: dict[str, Any] | None) -> ShardCheck:
+def _check_shard(path: Path, split: str, recorded: dict[str, Any] | None, layout: tuple[list[int], str]) -> ShardCheck:
     check = ShardCheck(split, path.name)
     if not path.is_file():
         check.problems.append("missing")
@@ -167,15 +167,21 @@ def _check_shard(path: Path, split: str, recorded: dict[str, Any] | None) -> Sha
             check.problems.append(f"{what}: {size:,} bytes, the manifest records {int(recorded['bytes']):,}")
     if recorded is not None and recorded.get("sha256") and not check.problems:  # a wrong size says it already
         check.checked.append("sha256")
-        got = fmt.file_sha256(path)
+        try:
+            got = fmt.file_sha256(path)
+        except OSError as err:
+            denied = fmt.unreadable_shard(path, err)
+            check.problems.append(_reason(denied, path) if denied else f"cannot be read ({err.strerror or err})")
+            return check
         if got != recorded["sha256"]:
             check.problems.append(f"sha256 {got[:12]}... differs from the manifest's {str(recorded['sha256'])[:12]}...")
-    _read_everything(path, check)
+    _read_everything(path, check, layout)
     return check
 
 
-def _read_everything(path: Path, check: ShardCheck) -> None:
-    """Open the shard and read every chunk of every dataset; problems go to ``check``."""
+def _read_everything(path: Path, check: ShardCheck, layout: tuple[list[int], str]) -> None:
+    """Open the shard and read every chunk of every dataset; problems go to ``check``, among them
+    a video whose ``[H, W, C]`` or dtype is not ``layout``, the manifest's."""
     try:
         f = fmt.open_shard(path)
     except fmt.ShardError as err:
@@ -207,6 +213,11 @@ def _read_everything(path: Path, check: ShardCheck) -> None:
                 continue
             if j < len(lengths) and ds.shape[0] != int(lengths[j]):
                 check.problems.append(f"videos/{key} holds {ds.shape[0]} frames, the index says {int(lengths[j])}")
+            if ([int(n) for n in ds.shape[1:]], str(ds.dtype)) != layout:
+                check.problems.append(
+                    f"videos/{key} holds {str(ds.dtype)} frames of {list(ds.shape[1:])}, the manifest records "
+                    f"{layout[1]} {layout[0]} ([H, W, C])"
+                )
         if keys and fletcher:
             check.checked.append("fletcher32")
         check.videos, check.frames = len(lengths), int(lengths.sum())

@@ -7,6 +7,7 @@ clips a user hands to ``cttlstm predict`` go through exactly the same pixels pat
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,8 +21,40 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _TRUNCATED_SHARE = 0.9
 
 
+#: the largest frame decoded: 8K video is 7680x4320; a header promising more is refused before
+#: decoding (a "decompression bomb": a small file that expands to gigabytes)
+MAX_FRAME_PIXELS = 8192 * 8192
+
+
 class VideoError(CttlstmError):
     """A file that cannot be read as a video (empty, truncated, corrupt, not a video)."""
+
+
+def _check_frame_size(width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise VideoError(f"frames of {width}x{height} pixels, more than the {MAX_FRAME_PIXELS:,} a frame may have (8192x8192)")
+
+
+class _DecodeBudget:
+    """Stops a decode whose frames would take more than half of the memory available when it began
+    (a long high-resolution video, a folder of thousands of huge images) with one line, instead of
+    the machine swapping or the process being killed."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from cttlstm_cli.devices import available_memory
+
+        self.limit = available_memory(torch.device("cpu")) // 2
+        self.used = 0
+
+    def add(self, frame: np.ndarray, count: int) -> None:
+        self.used += frame.nbytes
+        if self.used > self.limit:
+            raise VideoError(
+                f"decodes to more than {self.limit / 1e9:,.1f} GB after {count} frames (half the memory available); "
+                "cut the clip shorter or smaller (prepare: --max-frames)"
+            )
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
@@ -82,8 +115,12 @@ def _decode_av(source: str | BinaryIO, max_frames: int | None) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             expected = int(stream.frames or 0)
+            _check_frame_size(int(stream.codec_context.width or 0), int(stream.codec_context.height or 0))
+            budget = _DecodeBudget()
             for frame in container.decode(stream):
+                _check_frame_size(frame.width, frame.height)  # a stream may change size mid-way
                 frames.append(frame.to_ndarray(format="rgb24"))
+                budget.add(frames[-1], len(frames))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except VideoError:
@@ -107,12 +144,21 @@ def _read_image_folder(path: Path, max_frames: int | None) -> np.ndarray:
         raise VideoError("folder holds no frame images")
     files = files[:max_frames] if max_frames else files
     frames = []
+    budget = _DecodeBudget()
     for f in files:
         try:
-            with Image.open(f) as im:
+            with warnings.catch_warnings():  # PIL warns of sizes our own check refuses in one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)  # reads the header only: the size is known before any pixel is decoded
+            with im:
+                try:
+                    _check_frame_size(*im.size)
+                except VideoError as err:
+                    raise VideoError(f"frame {f.name}: {err}") from None
                 frames.append(np.asarray(im.convert("RGB")))
-        except OSError as err:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL raises all of these for damaged or odd headers
             raise VideoError(f"unreadable frame {f.name}: {err}") from None
+        budget.add(frames[-1], len(frames))
     if len({fr.shape for fr in frames}) != 1:
         raise VideoError("frame images differ in size")
     return np.stack(frames)
@@ -127,7 +173,14 @@ def _read_npy(path: Path, max_frames: int | None) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
         raise VideoError(f".npy must be [T, H, W] or [T, H, W, C], got shape {arr.shape}")
+    _check_frame_size(arr.shape[2], arr.shape[1])
+    if arr.dtype.kind not in "uifb":  # complex, text, dates, records: no pixel value to take from them
+        raise VideoError(f".npy holds {arr.dtype} values; frames are integers (0-255), floats (0-1) or booleans")
     arr = np.asarray(arr[:max_frames] if max_frames else arr)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise VideoError(".npy holds NaN or infinite values; frames are floats from 0 to 1")
+    if arr.dtype.kind == "b":
+        return arr.astype(np.uint8) * np.uint8(255)
     if arr.dtype != np.uint8:
         # floats in [0, 1] (what the model produces) or any other integer range
         arr = np.clip(np.rint(arr * 255.0), 0, 255) if arr.dtype.kind == "f" else np.clip(arr, 0, 255)
@@ -139,8 +192,22 @@ def decode(source: str | Path | bytes, max_frames: int | None = None) -> np.ndar
     """Decode without any conversion: uint8 ``[T, H, W, 3]`` (``[T, H, W, C]`` for .npy).
 
     ``source`` is a path (video, GIF, ``.npy`` or a folder of frame images) or the raw
-    bytes of a video file (e.g. a member of a zip archive).
+    bytes of a video file (e.g. a member of a zip archive). A clip without frames, or with
+    frames of no pixels (a ``[0, H, W]`` or ``[T, 0, 0]`` array), is a :class:`VideoError`:
+    there is nothing to resize, store or predict from.
     """
+    return _not_empty(_decode_any(source, max_frames))
+
+
+def _not_empty(frames: np.ndarray) -> np.ndarray:
+    if frames.shape[0] == 0:
+        raise VideoError("no frames (a clip of length 0)")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise VideoError(f"frames of {frames.shape[1]}x{frames.shape[2]} pixels")
+    return frames
+
+
+def _decode_any(source: str | Path | bytes, max_frames: int | None) -> np.ndarray:
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise VideoError("empty file")

@@ -2,7 +2,9 @@
 
 Nothing here prints. :func:`build_comparison` reads ``report.json`` files written by
 ``cttlstm evaluate`` (named directly, found in run directories, or several checkpoints in one
-combined report), refuses reports that were not measured the same way, and returns a
+combined report), each checked against the report format (:mod:`cttlstm_cli.evaluation.report`:
+a broken report is refused in one line naming the file and the field), refuses reports that were
+not measured the same way, and returns a
 :class:`Comparison`: a Table-2-style table (every metric at every common horizon, parameters,
 FLOPs per step, measured minutes per 10,000-clip epoch), optionally the paper's own published
 rows (quoted, never measured here), and for activity-recognition reports the paper's Tables 1
@@ -22,6 +24,7 @@ import csv
 import io
 import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from cttlstm_cli.evaluation.verdict import HIGHER_IS_BETTER
-from cttlstm_cli.atomic import atomic_path, write_json_atomic, write_text_atomic
+from cttlstm_cli.atomic import atomic_path, require_output_folder, write_json_atomic, write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation import paper_results as paper
+from cttlstm_cli.evaluation.report import load_json, read_report_file
 
 #: metric order in tables (the evaluate reports' names)
 METRIC_ORDER = ("mse", "mae", "psnr", "ssim", "lpips")
@@ -45,8 +49,6 @@ MAX_BUBBLE_AREA = 3000.0
 #: default output folder of ``cttlstm compare``
 DEFAULT_OUT = "comparison"
 
-_REQUIRED = ("convention", "horizons", "context_frames", "model", "parameters", "data", "split", "checkpoint")
-
 
 # --------------------------------------------------------------------------- reading reports
 
@@ -57,52 +59,13 @@ class LoadedReport:
 
     label: str
     path: Path
-    report: dict[str, Any]
+    report: dict[str, Any]  # checked against the report format (``report.read_report_file``)
     index: int | None = None  # position inside a combined {"checkpoints": [...]} report
 
     @property
     def source(self) -> str:
         """The report file, with ``#i`` for the i-th checkpoint of a combined report."""
         return str(self.path) if self.index is None else f"{self.path}#{self.index}"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise CttlstmError(f"{path}: cannot read ({err.__class__.__name__}: {err})") from None
-    except json.JSONDecodeError as err:
-        raise CttlstmError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
-
-
-def _check_report(rep: Any, where: str) -> dict[str, Any]:
-    """A single-checkpoint report with every field compare reads, or a one-line error."""
-    if not isinstance(rep, dict):
-        raise CttlstmError(f"{where}: not an evaluate report (expected a JSON object)")
-    missing = [k for k in _REQUIRED if k not in rep]
-    if missing:
-        raise CttlstmError(f"{where}: not an evaluate report (missing {', '.join(repr(k) for k in missing)})")
-    data = rep["data"]
-    if not isinstance(data, dict) or not all(k in data for k in ("dataset", "frame_size", "channels")):
-        raise CttlstmError(f"{where}: not an evaluate report ('data' lacks dataset, frame_size or channels)")
-    horizons = rep["horizons"]
-    if not isinstance(horizons, list) or not horizons or not all(
-        isinstance(h, dict) and {"future_frames", "num_samples", "metrics", "per_frame"} <= set(h) for h in horizons
-    ):
-        raise CttlstmError(f"{where}: not an evaluate report ('horizons' is not a list of horizon results)")
-    return rep
-
-
-def read_report_file(path: str | Path) -> list[dict[str, Any]]:
-    """The single-checkpoint reports in one ``report.json``: one, or several for a combined report."""
-    path = Path(path)
-    raw = _read_json(path)
-    if isinstance(raw, dict) and "checkpoints" in raw:
-        items = raw["checkpoints"]
-        if not isinstance(items, list) or not items:
-            raise CttlstmError(f"{path}: 'checkpoints' is not a list of reports")
-        return [_check_report(r, f"{path} (checkpoint {i + 1})") for i, r in enumerate(items)]
-    return [_check_report(raw, str(path))]
 
 
 #: checkpoint suffixes: such a file is looked up where ``cttlstm evaluate`` puts its reports
@@ -310,15 +273,17 @@ def _checkpoint_path(loaded: LoadedReport) -> Path | None:
         candidates += [loaded.path.parent / ckpt, loaded.path.parent.parent / ckpt]
     if loaded.index is None:  # one checkpoint's report: <run>/eval-*/report.json -> <run>/best.pt
         candidates.append(loaded.path.parent.parent / ckpt.name)
-    return next((c for c in candidates if c.is_file()), None)
+    # os.path.isfile, not Path.is_file: a report may name any string, and a name too long for the
+    # file system raises from Path.is_file (ENAMETOOLONG) where it only means "no such checkpoint"
+    return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 def _recipe_yaml(path: Path) -> dict[str, Any] | None:
-    import yaml
+    from cttlstm_cli.recipe import read_yaml
 
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = read_yaml(path)
+    except CttlstmError:
         return None
     return raw if isinstance(raw, dict) else None
 
@@ -371,7 +336,7 @@ def load_profile(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise CttlstmError(f"--profile: not found: {path}")
-    rows = _read_json(path)
+    rows = load_json(path)
     if isinstance(rows, dict):  # a single row saved on its own
         rows = [rows]
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "recipe" in r and "model" in r for r in rows):
@@ -1075,9 +1040,7 @@ def write_comparison(cmp: Comparison, out: str | Path = DEFAULT_OUT) -> list[Pat
     (recorded with their sha256 in its ``comparison.json``) that this one does not produce are removed, so the folder
     describes one comparison, and a file of the same name that compare did not write (a user's own
     ``bubbles.png``) is refused in one line before anything is written. Returns the files written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CttlstmError(f"--out {out} is a file, not a folder")
+    out = require_output_folder(out)
     figures = per_frame_figures(cmp)
     bubbles = bubble_figure(cmp)
     names = ["comparison.md", "comparison.csv", *(["activity.csv"] if cmp.activity else []),

@@ -2,8 +2,9 @@
 
 Nothing here prints. :func:`evaluate_checkpoint` loads a checkpoint (ours, a run
 directory, or the authors' released file), reads the test clips and returns an
-:class:`EvaluationReport`, a plain-data report that ``to_dict()`` turns into the JSON
-written as ``report.json`` and printed by ``--json``.
+:class:`EvaluationReport`, a plain-data report that ``to_dict()`` turns into the dict that
+:func:`combined_report` checks against the report format (:mod:`cttlstm_cli.evaluation.report`)
+and that is written as ``report.json`` and printed by ``--json``.
 
 Frame prediction: for every horizon F the split is cut into non-overlapping clips of
 ``I + F`` frames (I = the recipe's ``data.input_frames``, 10 in the paper); the model sees
@@ -473,11 +474,12 @@ def write_reports(
     One report goes to ``out`` (default :func:`default_output_dir`). Several go together to
     ``out`` as ``{"convention", "checkpoints": [...]}`` with one plot of all, or without ``out``
     each to its own default folder. ``sources`` are the checkpoints as the user named them.
+    Each ``report.json`` is :func:`combined_report`'s, checked by the format every reader uses.
     """
     from cttlstm_cli.evaluation.plots import plot_per_frame
 
-    def write(folder: Path, payload: dict[str, Any], shown: Sequence[dict[str, Any]]) -> list[Path]:
-        written = [write_json_atomic(folder / "report.json", payload)]
+    def write(folder: Path, shown: Sequence[dict[str, Any]]) -> list[Path]:
+        written = [write_json_atomic(folder / "report.json", combined_report(shown))]
         if any(h["per_frame"] for r in shown for h in r["horizons"]):  # classifiers alone have no curves
             written.append(plot_per_frame(list(shown), folder / "per_frame.png", [report_label(r["checkpoint"]) for r in shown]))
         return written
@@ -486,17 +488,20 @@ def write_reports(
         return default_output_dir(source, split, [h["future_frames"] for h in rep["horizons"]], rep["convention"])
 
     if len(reports) == 1:
-        return write(Path(out) if out is not None else own_folder(sources[0], reports[0]), reports[0], reports)
+        return write(Path(out) if out is not None else own_folder(sources[0], reports[0]), reports)
     if out is not None:
-        return write(Path(out), combined_report(reports), reports)
-    return [path for src, rep in zip(sources, reports) for path in write(own_folder(src, rep), rep, [rep])]
+        return write(Path(out), reports)
+    return [path for src, rep in zip(sources, reports) for path in write(own_folder(src, rep), [rep])]
 
 
 def combined_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One JSON object for several checkpoints' reports (the first one's convention)."""
-    if len(reports) == 1:
-        return dict(reports[0])
-    return {"convention": reports[0]["convention"], "checkpoints": list(reports)}
+    """The JSON object of evaluated checkpoints' reports, as ``report.json`` holds it and ``--json``
+    prints it: the report for one, ``{"convention", "checkpoints": [...]}`` (the first one's
+    convention) for several; built through the report format that compare and the suite read
+    (:func:`cttlstm_cli.evaluation.report.report_payload`, metrics that were not finite as null)."""
+    from cttlstm_cli.evaluation.report import report_payload
+
+    return report_payload(reports)
 
 
 __all__ = [

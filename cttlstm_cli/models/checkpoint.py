@@ -3,9 +3,10 @@
 Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can
 never run code. Our checkpoints are dicts with ``format``, ``model`` (state dict),
 ``recipe`` (plain data, whose ``model.arch`` names the family) and ``image_channels``;
-training adds optimizer and schedule state. Other formats (the authors' released
-Conv-TT-LSTM files, design §7) are read by the importers the families register
-(:func:`~cttlstm_cli.models.registry.register_importer`).
+training adds optimizer and schedule state. Each read checks every field against the schema
+(:mod:`cttlstm_cli.models.checkpoint_schema`, :func:`validate_checkpoint`) before anything uses it.
+Other formats (the authors' released Conv-TT-LSTM files, design §7) are read by the importers
+the families register (:func:`~cttlstm_cli.models.registry.register_importer`).
 
 Writes go to a temporary name and are renamed when complete; a full disk (or a file-size
 limit) is one :class:`~cttlstm_cli.atomic.NoSpaceError` line, with the temporary file removed and every file
@@ -15,11 +16,11 @@ that was there before left as it was.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import re
-import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,12 @@ import torch
 from torch import Tensor
 
 from cttlstm_cli.atomic import atomic_path, no_space_as_error, write_bytes_durably
-from cttlstm_cli.errors import CttlstmError, RecipeNotice
+from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.models.checkpoint_schema import CHECKPOINT_FORMAT, Checkpoint, is_own_format, shown, validate_payload, weight_problem
+from cttlstm_cli.models.checkpoint_schema import stored_recipe  # noqa: F401 - where the trainer and the tests import it
 from cttlstm_cli.models.interface import VideoModel, unwrap
 from cttlstm_cli.models.registry import create_model, importers
-from cttlstm_cli.recipe import Recipe, recipe_from_dict
-
-CHECKPOINT_FORMAT = "cttlstm-checkpoint-v1"
+from cttlstm_cli.recipe import Recipe
 
 class CheckpointRefusedError(CttlstmError):
     """A checkpoint references code (a pickled class or function); it is refused, never run."""
@@ -135,12 +136,15 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def stored_recipe(raw: Any, source: str) -> Recipe:
-    """The recipe a checkpoint or run directory stored, read quietly: renamed keys of older
-    versions are expected there, and the user cannot edit them away."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RecipeNotice)
-        return recipe_from_dict(raw, source)
+def validate_checkpoint(data: Mapping[str, Any], path: str | Path, training: bool = False) -> Checkpoint:
+    """``data`` (read from ``path`` by :func:`read_checkpoint`) checked field by field against the
+    schema, as a :class:`Checkpoint` (with ``training``, a :class:`TrainingCheckpoint`, which ``--resume``
+    needs); the first problem is one line naming the file and the field, e.g.
+    ``runs/x/last.pt: step: expected a non-negative integer, found 'abc'``."""
+    try:
+        return validate_payload(data, training)
+    except ValueError as err:
+        raise CttlstmError(f"{path}: {err}") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VideoModel:
@@ -156,9 +160,10 @@ def load_model_and_recipe(path: str | Path, device: str | torch.device = "cpu") 
     """Like :func:`load_model`, also returning the stored recipe (``None`` for foreign files)."""
     data = read_checkpoint(path)
     recipe: Recipe | None = None
-    if data.get("format") == CHECKPOINT_FORMAT:
-        recipe = stored_recipe(data["recipe"], f"{path} (stored recipe)")
-        cfg, channels, state = recipe.model, int(data["image_channels"]), _strip_prefix(data["model"])
+    if is_own_format(data):
+        payload = validate_checkpoint(data, path)
+        recipe = payload.recipe
+        cfg, channels, state = recipe.model, payload.image_channels, _strip_prefix(payload.model)
     else:
         for importer in importers():
             try:
@@ -169,16 +174,25 @@ def load_model_and_recipe(path: str | Path, device: str | torch.device = "cpu") 
                 cfg, channels, state = found
                 break
         else:
-            raise CttlstmError(f"{path}: not a cttlstm or Conv-TT-LSTM checkpoint (keys: {', '.join(list(data)[:5])})")
-    if any(torch.is_tensor(t) and t.is_floating_point() and not bool(t.isfinite().all()) for t in state.values()):
+            raise CttlstmError(f"{path}: not a cttlstm or Conv-TT-LSTM checkpoint (keys: {', '.join(map(str, list(data)[:5]))})")
+        # The importers map names and shapes; what the tensors hold is checked as for our own files.
+        for name, tensor in state.items():
+            if (problem := weight_problem(name, tensor)) is not None:
+                raise CttlstmError(f"{path}: {name}: {problem}")
+    if any(t.is_floating_point() and not bool(t.isfinite().all()) for t in state.values()):
         raise CttlstmError(f"{path}: holds non-finite weights (NaN or infinity), as a diverged run leaves; use an earlier checkpoint")
-    model = create_model(cfg, channels)
+    try:
+        model = create_model(cfg, channels)
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as err:  # a valid recipe torch cannot build (absurd sizes)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = f"a {model_description(cfg.model_dump())} model for {channels}-channel frames"
+        raise CttlstmError(f"{path}: its recipe describes {what} that cannot be built ({first})") from None
     problem = state_dict_mismatch(model, state)
     if problem is None:
         try:
             model.load_state_dict(state)
-        except RuntimeError as err:  # dtype or other trouble the key/shape check cannot see
-            problem = str(err).strip().splitlines()[-1].strip()
+        except (RuntimeError, ValueError, TypeError) as err:  # trouble the key/shape check cannot see
+            problem = str(err).strip().splitlines()[-1].strip() or type(err).__name__
     if problem is not None:
         described = f"the {model_description(cfg.model_dump())} model its recipe describes" if recipe is not None else f"a {cfg.arch} model"
         raise CttlstmError(f"{path}: the weights do not fit {described}: {problem}")
@@ -215,3 +229,52 @@ def state_dict_mismatch(model: torch.nn.Module, state: Mapping[str, Any]) -> str
 
 def _strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def optimizer_state_mismatch(optimizer: torch.optim.Optimizer, fresh: Sequence[Mapping[str, Any]], required: Sequence[str] = ()) -> str | None:
+    """How the state just loaded into ``optimizer`` fails to fit it, in one line, or None.
+
+    ``load_state_dict`` checks only the number of groups and of parameters in each; a hyper-parameter
+    of another kind (a flag where ``betas`` belongs), one missing, or a moment of another shape would
+    fail at the first optimizer step, in the middle of a run. ``fresh``: the param groups the optimizer
+    had before the load (what this torch version expects of every group; keys a newer torch added are
+    filled in by the load itself); ``required``: keys the groups must also hold (those a learning-rate
+    schedule keeps there to resume).
+    """
+    for i, (group, expected) in enumerate(zip(optimizer.param_groups, fresh)):
+        kept = {key: value for key, value in expected.items() if key != "params"}
+        for key in [*kept, *required]:
+            if key not in group:
+                return f"param group {i} lacks {key!r}"
+        for key, value in kept.items():
+            if not _same_kind(group[key], value):
+                return f"param group {i} holds {key!r} = {shown(group[key])} where the optimizer keeps {shown(value)}"
+        for key in required:
+            if not _same_kind(group[key], 0.0):
+                return f"param group {i} holds {key!r} = {shown(group[key])} where a learning-rate schedule keeps a number"
+    keys: set[str] | None = None
+    for param, state in optimizer.state.items():
+        if keys is None:
+            keys = set(state)
+        if set(state) != keys:  # Adam's moments exist for all of them or for none
+            return f"the state of one parameter holds {sorted(state)}, of another {sorted(keys)}"
+        for key, value in state.items():
+            scalar = key == "step"  # the only scalar of torch's optimizers; the rest are per-weight moments
+            shape = [] if scalar else list(param.shape)
+            if torch.is_tensor(value) and list(value.shape) != shape and not (scalar and value.numel() == 1):
+                return f"a state {key!r} of shape {list(value.shape)} for a parameter of shape {list(param.shape)}"
+            if not torch.is_tensor(value) and not scalar:
+                return f"a state {key!r} of {shown(value)} where a tensor belongs"
+    return None
+
+
+def _same_kind(value: Any, expected: Any) -> bool:
+    """Whether a loaded hyper-parameter can stand where the optimizer keeps ``expected``: a number for a
+    number, a flag for a flag (or for None, an option left to torch), numbers for numbers."""
+    if isinstance(expected, bool) or expected is None:
+        return value is None or isinstance(value, bool)
+    if isinstance(expected, (int, float)) or torch.is_tensor(expected):
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)) or torch.is_tensor(value)
+    if isinstance(expected, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(expected) and all(_same_kind(v, e) for v, e in zip(value, expected))
+    return type(value) is type(expected)

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cttlstm_cli.errors import CttlstmError
+from cttlstm_cli.schema import StrictSection
 
 State = Any
 
@@ -61,13 +62,12 @@ OddInt = Annotated[int, Field(ge=1), AfterValidator(_odd)]
 PositiveInts = Annotated[list[int], AfterValidator(_positive_entries)]
 
 
-class ModelConfig(BaseModel):
-    """Base of every family's recipe ``model`` section: strict, with the family's name in ``arch``.
+class ModelConfig(StrictSection):
+    """Base of every family's recipe ``model`` section: strict (:mod:`cttlstm_cli.schema`), with the
+    family's name in ``arch``.
 
     A family's subclass declares ``arch: Literal["name"] = "name"`` and its own fields.
     """
-
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
 
     arch: str
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from cttlstm_cli.devices import available_memory
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import ModelConfig, VideoModel, like_parameters
 
@@ -173,10 +174,54 @@ def create_model(config: ModelConfig, image_channels: int = 1, check: bool = Tru
     cls = model_class(config.arch)
     if not isinstance(config, cls.config_class):
         raise CttlstmError(f"model family {config.arch!r} expects a {cls.config_class.__name__}, got {type(config).__name__}")
-    model = cls(config, image_channels)
+    _require_weight_memory(cls, config, image_channels)
+    try:
+        model = cls(config, image_channels)
+    except (RuntimeError, MemoryError) as err:
+        if not is_allocation_failure(err):
+            raise
+        raise CttlstmError(
+            f"the {config.display_name} model the recipe describes cannot be allocated ({allocation_size(err)}); "
+            "check its widths (model.channels, model.rank, model.kernel ...)"
+        ) from None
     if check:
         check_contract(model)
     return model
+
+
+def _require_weight_memory(cls: type[VideoModel], config: ModelConfig, image_channels: int) -> None:
+    """Refuse, in one line, a model whose weights alone would not fit in the host's memory: built
+    first on the meta device (shapes, no storage), so that absurd widths never reach an allocation
+    the kernel grants and then kills the process for touching."""
+    try:
+        with torch.device("meta"):
+            shell = cls(config, image_channels)
+    except Exception:  # noqa: BLE001 - a family that cannot be built on meta is simply not checked here
+        return
+    need = sum(t.numel() * t.element_size() for t in (*shell.parameters(), *shell.buffers()))
+    free = available_memory(torch.device("cpu"))
+    if need > free // 2:  # the weights, then as much again for gradients, optimizer state and a copy while loading
+        raise CttlstmError(
+            f"the {config.display_name} model the recipe describes cannot be allocated: its weights alone take "
+            f"{need / 1e9:,.1f} GB, and this machine has {free / 1e9:,.1f} GB available; check its widths "
+            "(model.channels, model.rank, model.kernel ...)"
+        )
+
+
+def is_allocation_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed allocation: torch's CPU allocator raises a plain RuntimeError for it
+    ("DefaultCPUAllocator: can't allocate memory"), CUDA an OutOfMemoryError, Python a MemoryError."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def allocation_size(err: BaseException) -> str:
+    """What a failed allocation asked for, in words (``1,440 GB asked for``), from torch's message."""
+    import re
+
+    found = re.search(r"allocate (\d+) bytes", str(err))
+    return f"{int(found.group(1)) / 1e9:,.1f} GB asked for" if found else "out of memory"
 
 
 def validate_config(raw: Any) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cttlstm_cli.atomic import write_json_atomic, write_text_atomic
+from cttlstm_cli.atomic import require_output_folder, write_json_atomic, write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.suite.schema import ResolvedModel, Suite, resolve_models
 
@@ -367,8 +367,7 @@ class SuiteRun:
         from cttlstm_cli.evaluation.runner import shared_lpips
         from cttlstm_cli.locking import RunLock
 
-        if self.out.exists() and not self.out.is_dir():
-            raise CttlstmError(f"--out {self.out} is a file, not a folder")
+        require_output_folder(self.out)
         self._refuse_foreign()  # before the lock, which would leave its file in the user's folder
         with RunLock(self.out):
             self._check_folder()
@@ -402,13 +401,14 @@ def model_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def summary_rows(out: Path, models: list[ResolvedModel], state: SuiteState) -> list[dict[str, Any]]:
-    """One JSON row per model: parameters, FLOPs, training time and :func:`model_summary`."""
-    import json
+    """One JSON row per model: parameters, FLOPs, training time and :func:`model_summary`
+    (each report checked against the report format, like compare reads it)."""
+    from cttlstm_cli.evaluation.report import read_report_file
 
     rows = []
     for m in models:
         st = state.models.get(m.name, ModelState())
-        report = json.loads((out / st.report).read_text()) if st.report else None
+        report = read_report_file(out / st.report)[0] if st.report else None
         probe = st.probe or {}
         rows.append({
             "name": m.name,

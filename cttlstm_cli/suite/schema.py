@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.recipe import DataConfig, Recipe, as_given, load_recipe, recipe_from_dict
+from cttlstm_cli.recipe import DataConfig, Recipe, as_given, load_recipe, read_yaml, recipe_from_dict
+from cttlstm_cli.schema import INT64_MAX, StrictSection
 
 #: the train keys the budget owns: a suite's ``train`` section and a model's ``set`` may not change them
 BUDGET_KEYS = frozenset({"batch_size", "epochs", "epoch_clips", "seed"})
@@ -29,8 +30,8 @@ EVAL_KEYS = ("future_frames", "metrics", "convention", "batch_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+class _Strict(StrictSection):
+    """Unknown keys, NaN, infinity and integers beyond int64 are errors (:mod:`cttlstm_cli.schema`)."""
 
 
 class Budget(_Strict):
@@ -39,7 +40,7 @@ class Budget(_Strict):
     steps: int = Field(ge=1, le=10**9, description="optimizer steps per model")
     batch_size: int = Field(ge=1, le=10**6, description="clips per optimizer step")
     epochs: int = Field(ge=1, le=10**6, description="epochs (validations) the steps are split into; the schedules count epochs")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=INT64_MAX)
 
     @model_validator(mode="after")
     def _whole_epochs(self) -> Budget:
@@ -179,16 +180,9 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if path.is_dir():
         raise CttlstmError(f"{path} is a folder, not a suite file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CttlstmError(f"suite not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CttlstmError(f"cannot read suite {path}: {getattr(err, 'strerror', None) or err}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as err:
-        raise CttlstmError(f"{path}: not valid YAML ({str(err).splitlines()[0] if str(err) else 'nested too deeply'})") from None
+    if not path.exists():
+        raise CttlstmError(f"suite not found: {path}")
+    raw = read_yaml(path)
     if raw is None:
         raise CttlstmError(f"suite {path} is empty; see docs/suite.md or start from suites/smoke.yaml")
     return suite_from_dict(raw, str(path))

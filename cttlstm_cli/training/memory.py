@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from cttlstm_cli.devices import available_memory
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import unwrap
 from cttlstm_cli.models.interface import like_parameters
+from cttlstm_cli.models.registry import allocation_size, is_allocation_failure
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.step import autocast, model_loss
 
@@ -69,6 +70,20 @@ def _saved_bytes(model: nn.Module, run: Callable[[], object]) -> int:
     return sum(saved.values())
 
 
+def _saved_bytes_at_probe(model: nn.Module, run: Callable[[], object], what: str, size: tuple[int, int]) -> int:
+    """:func:`_saved_bytes`, where a failed allocation means the model is too wide for this machine
+    even at the probe's small frame size: one line saying so, not torch's allocator message."""
+    try:
+        return _saved_bytes(model, run)
+    except (RuntimeError, MemoryError) as err:
+        if not is_allocation_failure(err):
+            raise
+        raise CttlstmError(
+            f"{what} of this model does not fit in memory even at {size[0]}x{size[1]} pixels ({allocation_size(err)}); "
+            "check its widths (model.channels, model.rank, model.kernel ...)"
+        ) from None
+
+
 def activation_bytes_per_clip(model: nn.Module, recipe: Recipe, device: torch.device) -> int:
     """Bytes autograd keeps for the backward of one training clip at the recipe's frame size."""
     data = recipe.data
@@ -83,7 +98,7 @@ def activation_bytes_per_clip(model: nn.Module, recipe: Recipe, device: torch.de
         with autocast(recipe.train.precision, device):
             model_loss(model, clip, recipe, 1.0, labels=labels)
 
-    return int(_saved_bytes(model, run) * (h * w) / (ph * pw))
+    return int(_saved_bytes_at_probe(model, run, "one training clip", (ph, pw)) * (h * w) / (ph * pw))
 
 
 def step_activation_bytes(model: nn.Module, height: int, width: int) -> int:
@@ -99,22 +114,8 @@ def step_activation_bytes(model: nn.Module, height: int, width: int) -> int:
     # the model's own parameters are frozen, as a model loaded for prediction may be.
     # A model that reads a fixed number of frames at once (SimVP) takes them all: its step is one forward.
     frame = torch.rand(1, net.fixed_context or 1, net.image_channels, ph, pw, **like_parameters(net)).requires_grad_()
-    saved = _saved_bytes(net, lambda: net(frame, future_frames=1, classify=not net.predicts_frames))
+    saved = _saved_bytes_at_probe(net, lambda: net(frame, future_frames=1, classify=not net.predicts_frames), "one prediction step", (ph, pw))
     return int(saved * (height * width) / (ph * pw))
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: the GPU's free memory, or the machine's available RAM."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def budget(available: int) -> int:
@@ -178,8 +179,11 @@ def require_training_memory(
 def choose_micro_batch(batch_size: int, bytes_per_clip: int, available: int) -> int:
     """The largest divisor of ``batch_size`` whose clips fit in 80% of ``available`` bytes (at least 1)."""
     limit = BUDGET_FRACTION * available
-    for size in range(batch_size, 0, -1):
-        if batch_size % size == 0 and size * bytes_per_clip * SAFETY <= limit:
+    # Start at the most clips that fit, not at batch_size: a batch of a billion clips would
+    # otherwise take a billion trials before the refusal that follows.
+    fitting = int(limit // max(bytes_per_clip * SAFETY, 1))
+    for size in range(min(batch_size, fitting), 0, -1):
+        if batch_size % size == 0:
             return size
     return 1
 

@@ -42,12 +42,14 @@ def open_trainer(
     Raises :class:`~cttlstm_cli.errors.CttlstmError` for a run directory in use, frames the model
     cannot take and everything the trainer refuses, before anything is written.
     """
+    from cttlstm_cli.atomic import require_output_folder
     from cttlstm_cli.data import shards
     from cttlstm_cli.models import create_model
     from cttlstm_cli.training.data import open_training_data
     from cttlstm_cli.training.trainer import Trainer
 
     tell = phase or (lambda _name, _path: None)
+    require_output_folder(out)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
         from cttlstm_cli.locking import check_unlocked
 

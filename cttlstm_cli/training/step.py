@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from cttlstm_cli.models import create_model, teacher_mask
 from cttlstm_cli.models.interface import Sampling, unwrap
-from cttlstm_cli.models.losses import prediction_loss
 from cttlstm_cli.recipe import Recipe
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

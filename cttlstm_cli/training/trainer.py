@@ -40,16 +40,18 @@ from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, sp
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
 from cttlstm_cli.models.checkpoint import (
-    CHECKPOINT_FORMAT,
     CheckpointRefusedError,
     model_description,
+    optimizer_state_mismatch,
     read_checkpoint,
     save_checkpoint,
     state_dict_mismatch,
     stored_recipe,
+    validate_checkpoint,
 )
+from cttlstm_cli.models.checkpoint_schema import RngState, ScheduleState, TrainingCheckpoint
 from cttlstm_cli.profiling import StepClock, slow_epoch_note, speed_line
-from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.recipe import Recipe, read_yaml
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.locking import RunLock
 from cttlstm_cli.training.schedule import PlateauSchedule, one_cycle
@@ -58,8 +60,9 @@ from cttlstm_cli.training.step import autocast, build_training_model, compile_mo
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
 
-#: what a checkpoint needs to continue training from it
-TRAINING_KEYS = {"model", "optimizer", "schedule", "epoch", "step", "position", "rng"}
+#: what torch's OneCycleLR keeps in each param group once it has started, and reads back when it is
+#: built again mid-cycle (:func:`~cttlstm_cli.training.schedule.one_cycle` on a resumed run)
+ONE_CYCLE_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
 
 class DivergedError(CttlstmError):
@@ -211,25 +214,15 @@ def setup_distributed(device: torch.device) -> Distributed:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator this process uses, as tensors and plain data."""
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]) + [random.getstate()[2] or -1],
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """Every random generator this process uses, as tensors and plain data (a checkpoint's ``rng``; its
+    layout, and what a valid one is, are :class:`~cttlstm_cli.models.checkpoint_schema.RngState`'s)."""
+    return RngState.capture()
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((3, tuple(int(x) for x in py[:-1]), None if py[-1] == -1 else float(py[-1])))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: RngState) -> None:
+    """Restore what :func:`rng_state` captured, read back through the schema (which is what makes it
+    safe: a validated state sets every generator or, never half of them, fails)."""
+    state.restore()
 
 
 def seed_everything(seed: int) -> None:
@@ -352,7 +345,7 @@ class Trainer:
         run = self.run
         current = self.recipe.to_dict()
         if resume:
-            stored = comparable_recipe(yaml.safe_load(run.recipe.read_text()) or {}, str(run.recipe))
+            stored = comparable_recipe(read_yaml(run.recipe) or {}, str(run.recipe))
             diff = recipe_difference(stored, current)
             if diff:
                 raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")
@@ -392,60 +385,79 @@ class Trainer:
 
     def _load_last(self) -> None:
         """Load the newest usable checkpoint: ``last.pt``, else ``previous.pt``, else ``best.pt``;
-        with none at all (a run stopped before its first one) start from step 0."""
+        with none at all (a run stopped before its first one) start from step 0.
+
+        A file that cannot be read, or that fails the schema of a training checkpoint (a field missing,
+        of the wrong type or out of range: :func:`~cttlstm_cli.models.checkpoint.validate_checkpoint`),
+        is damaged, and the next one is tried with a warning. One that references code, or that is
+        another run's (:meth:`_check_same_model`), is refused: this project never writes such a file,
+        so someone put it there, and another one quietly taken in its place would hide that."""
         candidates = [p for p in self.run.checkpoints if p.exists()]
         if not candidates:
             self._note(f"{self.run.root} holds no checkpoint yet (the run stopped before its first one); starting from step 0 with its stored recipe")
             self._truncate_metrics(0)
             return
-        data = None
+        payload: TrainingCheckpoint | None = None
         for i, path in enumerate(candidates):
             try:
-                data = read_checkpoint(path)
-                missing = TRAINING_KEYS - set(data)
-                if data.get("format") != CHECKPOINT_FORMAT or missing:
-                    raise CttlstmError(f"{path}: not a training checkpoint" + (f" (no {', '.join(sorted(missing))})" if missing else ""))
+                payload = validate_checkpoint(read_checkpoint(path), path, training=True)  # type: ignore[assignment]
             except CheckpointRefusedError:
                 raise  # not ours to skip quietly: someone put it there
             except CttlstmError as err:
                 after = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no other checkpoint to fall back to"
                 self.notes.append(f"{path.name} is unusable ({err}); {after}")
                 self.log(f"warning: {self.notes[-1]}")
-                data = None
                 continue
             self.resumed_from = path
             break
-        if data is None:
+        if payload is None or self.resumed_from is None:
             names = " and ".join(p.name for p in candidates)
-            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} ({names} unreadable or not training checkpoints)")
-        path = self.resumed_from
-        assert path is not None
-        self._check_same_model(path, data)
-        self.net.load_state_dict(data["model"])
-        try:
-            self.optimizer.load_state_dict(data["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CttlstmError(f"--resume: {path}: its optimizer state does not fit the recipe's optimizer ({first})") from None
-        if self.scaler is not None and data.get("scaler"):
-            self.scaler.load_state_dict(data["scaler"])
-        self.schedule.load_state_dict(data["schedule"])
-        self.epoch, self.step, self.position = int(data["epoch"]), int(data["step"]), int(data["position"])
-        set_rng_state(data["rng"])
+            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} ({names} unreadable, damaged or not training checkpoints)")
+        self._check_same_model(self.resumed_from, payload)
+        self._restore(self.resumed_from, payload)
         self._truncate_metrics(self.step)
 
-    def _check_same_model(self, path: Path, data: dict[str, Any]) -> None:
+    def _restore(self, path: Path, payload: TrainingCheckpoint) -> None:
+        """Put the training state of ``payload`` (valid, and this run's) into the trainer. What the schema
+        cannot see is whether the optimizer state fits this optimizer: torch checks only the number of
+        groups and parameters, so :func:`optimizer_state_mismatch` checks the rest before a first step
+        would trip on it. Each part that does not load is one line; nothing is written before this returns."""
+
+        def unfit(what: str, err: BaseException | str) -> CttlstmError:
+            text = str(err).strip()
+            first = text.splitlines()[0] if text else type(err).__name__
+            return CttlstmError(f"--resume: {path}: {what} ({first})")
+
+        try:
+            self.net.load_state_dict(payload.model)
+        except (RuntimeError, ValueError, TypeError) as err:
+            raise unfit("its weights do not load into the recipe's model", err) from None
+        fresh = [dict(group) for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(payload.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise unfit("its optimizer state does not fit the recipe's optimizer", err) from None
+        resumes_cycle = self.recipe.train.lr_schedule == "onecycle" and payload.step > 0
+        problem = optimizer_state_mismatch(self.optimizer, fresh, ONE_CYCLE_GROUP_KEYS if resumes_cycle else ())
+        if problem is not None:
+            raise unfit("its optimizer state does not fit the recipe's optimizer", problem)
+        if self.scaler is not None and payload.scaler is not None:
+            self.scaler.load_state_dict(payload.scaler.model_dump(by_alias=True))
+        self.schedule.load_state_dict(payload.schedule.model_dump())
+        self.epoch, self.step, self.position = payload.epoch, payload.step, payload.position
+        set_rng_state(payload.rng)
+
+    def _check_same_model(self, path: Path, payload: TrainingCheckpoint) -> None:
         """Refuse, in one line, a checkpoint of another model family, width or frame channels
         (one copied into the run folder by hand): load_state_dict would print a line per tensor."""
         want = self.recipe.to_dict()
-        raw = data.get("recipe") if isinstance(data.get("recipe"), dict) else {}
-        stored = comparable_recipe(raw, f"{path} (stored recipe)")
-        held, asked = stored.get("model") or {}, want["model"]
+        stored = payload.recipe.to_dict()  # today's keys and defaults, as comparable_recipe gives
+        held, asked = stored["model"], want["model"]
         wrong = f"--resume: {path} is not a checkpoint of this run: it holds"
         advice = "put the run's own checkpoint back, or start a new run with another --out"
         if model_description(held) != model_description(asked):
             raise CttlstmError(f"{wrong} a {model_description(held)} model, but the recipe asks for a {model_description(asked)} model; {advice}")
-        diff = recipe_difference(held, asked, "model.") if isinstance(held, dict) else "model"
+        diff = recipe_difference(held, asked, "model.")
         if diff:
             key = diff.split(".")[1:]
             raise CttlstmError(
@@ -455,14 +467,15 @@ class Trainer:
         # The rest of the recipe too (data.frame_size, the frames, the loss, the batch ...): weights of
         # another frame size fit the same network, and resuming them would rewrite this run's log and
         # best.pt with another run's numbers. A resume may change only RESUMABLE_CHANGES.
-        other = recipe_difference(stored, want) if isinstance(stored, dict) and stored else None
+        other = recipe_difference(stored, want)
         if other:
             key = other.split(".")
             raise CttlstmError(f"{wrong} a run with {other} = {_dig(stored, key)}, but this run has {other} = {_dig(want, key)}; {advice}")
-        channels = data.get("image_channels")
-        if channels is not None and int(channels) != int(self.net.image_channels):
-            raise CttlstmError(f"{wrong} a model of {channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}")
-        problem = state_dict_mismatch(self.net, data["model"])
+        if payload.image_channels != int(self.net.image_channels):
+            raise CttlstmError(
+                f"{wrong} a model of {payload.image_channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}"
+            )
+        problem = state_dict_mismatch(self.net, payload.model)
         if problem is not None:
             raise CttlstmError(f"--resume: {path}: the weights do not fit the recipe's {model_description(asked)} model: {problem}")
 
@@ -502,10 +515,10 @@ class Trainer:
         it records none): a ``best.pt`` is only ever replaced by a better one, whatever put it there."""
         if not self.dist.is_main or not self.run.best.is_file():
             return True
-        try:  # mmap: only the schedule is read, not the weights
-            held = torch.load(self.run.best, map_location="cpu", weights_only=True, mmap=True)["schedule"]["best_loss"]
-            return val_loss < float(held)
-        except Exception:  # noqa: BLE001 - an unreadable best.pt is no better than this one
+        try:  # mmap: only the schedule is read (and checked, as every read of a checkpoint is), not the weights
+            held = torch.load(self.run.best, map_location="cpu", weights_only=True, mmap=True)["schedule"]
+            return val_loss < ScheduleState.model_validate(held).best_loss
+        except Exception:  # noqa: BLE001 - an unreadable best.pt, or one without a valid record, is no better than this one
             return True
 
     def write_metrics(self, record: dict[str, Any]) -> None:

@@ -155,7 +155,7 @@ class Translator(nn.Module):
         super().__init__()
         if blocks < 2:
             raise ValueError("the translator needs at least 2 blocks")
-        rates = torch.linspace(0.0, drop_path, blocks).tolist()  # stochastic depth grows with depth; 0: none
+        rates = torch.linspace(0.0, drop_path, blocks, device="cpu").tolist()  # stochastic depth grows with depth; 0: none
         shapes = translator_widths(channels_in, hidden, blocks)
         self.blocks = nn.ModuleList(make_block(w, r) for (w, _), r in zip(shapes, rates))
         self.reductions = nn.ModuleList(nn.Conv2d(w, o, 1) if w != o else nn.Identity() for w, o in shapes)

@@ -9,8 +9,6 @@ predicted and the true frame-to-frame differences of each sample.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cttlstm_cli.models.layers.simvp import LargeKernelConv, MetaFormerBlock
