@@ -181,6 +181,35 @@ def test_impossible_frame_rates_are_refused_before_the_model_runs(cli, trained_s
     assert not (tmp_path / "p.gif").exists()
 
 
+#: ``python -c`` this, a byte limit, then a command: the command runs with no file allowed past the limit
+#: (RLIMIT_FSIZE, SIGXFSZ ignored), so that its writes fail with EFBIG as they would with ENOSPC on a full disk
+FILE_SIZE_LIMITED = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+def test_full_output_folders_are_one_line_and_keep_what_was_there(trained_smoke, evaluated: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((8, 32, 32), dtype=np.uint8))
+    earlier = tmp_path / "eval"
+    shutil.copytree(next(evaluated.glob("eval-*")), earlier)  # an earlier report, to be replaced whole or not at all
+    before = file_snapshot(evaluated, trained_smoke.data, earlier, clip)
+    cases = [
+        (["evaluate", evaluated / "best.pt", "--data", trained_smoke.data, "--out", earlier, "-q"], earlier / "report.json"),
+        (["compare", evaluated / "best.pt", "--out", tmp_path / "cmp"], tmp_path / "cmp"),
+        (["predict", clip, "-k", evaluated / "best.pt", "--steps", "2", "--out", tmp_path / "p.gif"], tmp_path / "p.gif"),
+    ]
+    for args, written in cases:
+        command = [sys.executable, "-c", FILE_SIZE_LIMITED, "600", "-m", "cttlstm_cli", *map(str, args)]
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        line = refused_line(proc)
+        assert "EFBIG: file size limit reached" in line and str(written) in line, (args[0], line)
+        assert not list(tmp_path.rglob(".*.tmp-*")), "a temporary file was left behind"
+    assert not (tmp_path / "p.gif").exists()
+    assert_unchanged(before)
+
+
 # ---- the last resort ----------------------------------------------------------------------------------------------------
 
 
