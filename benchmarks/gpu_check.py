@@ -512,7 +512,7 @@ def training_speed(metrics: Path, clips_per_record_step: int) -> dict[str, Any]:
     The first logging window holds the first step (allocator warm-up, the loader's start); the
     windows after it are the steady speed. With one window only, that one is used and says so.
     """
-    from cttlstm_cli.profiling import epoch_time
+    from cttlstm_cli.timing import epoch_time
 
     if not metrics.is_file():
         return {}
@@ -658,7 +658,7 @@ def fmt_seconds(x: Any) -> str:
     """Seconds for the tables, in the unit ``cttlstm`` uses elsewhere; ``–`` when not measured."""
     if not isinstance(x, (int, float)) or not math.isfinite(x):
         return "–"
-    from cttlstm_cli.profiling import format_duration
+    from cttlstm_cli.timing import format_duration
 
     return format_duration(x)
 

@@ -160,7 +160,8 @@ def mode_step(args: argparse.Namespace) -> int:
 
     from bench_step import interleaved, sync  # the timing loop benchmarks/bench_step.py uses
     from cttlstm_cli.devices import open_device
-    from cttlstm_cli.profiling import count_parameters, epoch_time, peak_memory_bytes
+    from cttlstm_cli.profiling import count_parameters, peak_memory_bytes
+    from cttlstm_cli.timing import epoch_time
     from cttlstm_cli.recipe import load_recipe
     from cttlstm_cli.training.memory import resolve_micro_batch
     from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step

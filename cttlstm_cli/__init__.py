@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from cttlstm_cli.models.checkpoint import load_model
+    from cttlstm_cli.checkpoint import load_model
 
 
 def __getattr__(name: str) -> Any:
     # Keep `import cttlstm_cli` (and `cttlstm --help`) free of the torch import cost.
     if name == "load_model":
-        from cttlstm_cli.models.checkpoint import load_model
+        from cttlstm_cli.checkpoint import load_model
 
         return load_model
     raise AttributeError(name)

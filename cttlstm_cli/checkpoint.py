@@ -4,7 +4,7 @@ Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can
 never run code. Our checkpoints are dicts with ``format``, ``model`` (state dict),
 ``recipe`` (plain data, whose ``model.arch`` names the family) and ``image_channels``;
 training adds optimizer and schedule state. Each read checks every field against the schema
-(:mod:`cttlstm_cli.models.checkpoint_schema`, :func:`validate_checkpoint`) before anything uses it.
+(:mod:`cttlstm_cli.checkpoint_schema`, :func:`validate_checkpoint`) before anything uses it.
 Other formats (the authors' released Conv-TT-LSTM files, design §7) are read by the importers
 the families register (:func:`~cttlstm_cli.models.registry.register_importer`).
 
@@ -29,8 +29,8 @@ from torch import Tensor
 
 from cttlstm_cli.atomic import atomic_path, no_space_as_error, write_bytes_durably
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.checkpoint_schema import CHECKPOINT_FORMAT, Checkpoint, is_own_format, shown, validate_payload, weight_problem
-from cttlstm_cli.models.checkpoint_schema import stored_recipe  # noqa: F401 - where the trainer and the tests import it
+from cttlstm_cli.checkpoint_schema import CHECKPOINT_FORMAT, Checkpoint, is_own_format, shown, validate_payload, weight_problem
+from cttlstm_cli.checkpoint_schema import stored_recipe  # noqa: F401 - where the trainer and the tests import it
 from cttlstm_cli.models.interface import VideoModel, unwrap
 from cttlstm_cli.models.registry import create_model, importers
 from cttlstm_cli.recipe import Recipe

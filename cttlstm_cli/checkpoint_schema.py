@@ -111,7 +111,7 @@ def _is_real_float(value: Any) -> bool:
 def weight_problem(name: str, value: Any) -> str | None:
     """What is wrong with ``value`` as the tensor ``name`` of a model's state dict, or None: a real
     floating-point tensor, or an integer one for the :data:`INTEGER_BUFFERS`. Shapes are checked against
-    the model (:func:`~cttlstm_cli.models.checkpoint.state_dict_mismatch`), finiteness by the loaders."""
+    the model (:func:`~cttlstm_cli.checkpoint.state_dict_mismatch`), finiteness by the loaders."""
     if not torch.is_tensor(value):
         return f"expected a tensor, found {shown(value)}"
     if value.layout != torch.strided:
@@ -175,7 +175,7 @@ def _recipe(value: Any) -> Recipe:
 def _optimizer(value: Any) -> dict[str, Any]:
     """torch's ``Optimizer.state_dict()``: ``state`` (parameter index -> its tensors and numbers) and
     ``param_groups`` (hyper-parameters, and the indices of their parameters). Whether it fits the run's
-    optimizer (group sizes, tensor shapes) is :func:`~cttlstm_cli.models.checkpoint.optimizer_state_mismatch`'s."""
+    optimizer (group sizes, tensor shapes) is :func:`~cttlstm_cli.checkpoint.optimizer_state_mismatch`'s."""
     if not isinstance(value, Mapping):
         raise _fail(f"expected torch's optimizer state (a mapping with 'state' and 'param_groups'), found {shown(value)}")
     for key in ("state", "param_groups"):
@@ -361,7 +361,7 @@ def _no_scaler_state(value: Any) -> Any:
 
 
 class Checkpoint(BaseModel):
-    """A checkpoint as this project writes it (:func:`~cttlstm_cli.models.checkpoint.save_checkpoint`).
+    """A checkpoint as this project writes it (:func:`~cttlstm_cli.checkpoint.save_checkpoint`).
     Training state may be absent (a weights-only file) but is checked when present; keys of no field are
     ignored. An explicit None is refused where the field is no optional one."""
 

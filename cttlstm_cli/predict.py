@@ -97,9 +97,9 @@ class LoadedModel:
 
 
 def checkpoint_summary(data: dict[str, Any]) -> str:
-    """A few words on a checkpoint read by :func:`~cttlstm_cli.models.checkpoint.read_checkpoint`:
+    """A few words on a checkpoint read by :func:`~cttlstm_cli.checkpoint.read_checkpoint`:
     ``step 2000, epoch 3, best validation loss 0.01234``, or what it is when training left no record."""
-    from cttlstm_cli.models.checkpoint import CHECKPOINT_FORMAT
+    from cttlstm_cli.checkpoint import CHECKPOINT_FORMAT
 
     if data.get("format") != CHECKPOINT_FORMAT:
         return "foreign format, no training record"
@@ -275,7 +275,7 @@ def _refuse_classifiers(models: Sequence[LoadedModel]) -> None:
 
 def load_models(checkpoints: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
     """Load every checkpoint (file or run directory, see :func:`resolve_checkpoint_path`)."""
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe, read_checkpoint, resolve_checkpoint_path
+    from cttlstm_cli.checkpoint import load_model_and_recipe, read_checkpoint, resolve_checkpoint_path
 
     paths = [resolve_checkpoint_path(c) for c in checkpoints]
     loaded = []
@@ -429,7 +429,7 @@ def prepare_prediction(
     length is ``context``, default the first recipe's ``data.input_frames`` (10 without a recipe).
     """
     from cttlstm_cli.data.video import VideoError, read_video
-    from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
+    from cttlstm_cli.checkpoint import resolve_checkpoint_path
 
     if steps < 1:
         raise CttlstmError(f"--steps must be at least 1, got {steps}")

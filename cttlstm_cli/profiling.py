@@ -16,7 +16,6 @@ phase to an optional ``progress`` callback.
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -26,11 +25,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from cttlstm_cli.evaluation.compare import EPOCH_CLIPS as PAPER_EPOCH_CLIPS
 from cttlstm_cli.models import VideoModel, unwrap
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training import memory
 from cttlstm_cli.training.memory import MicroBatch, resolve_micro_batch
+from cttlstm_cli.timing import epoch_time
 from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
 
 #: ``progress(phase, done, total)``: what profiling is doing; ``total`` None for a phase without steps
@@ -70,125 +69,6 @@ class Profile:
     def to_dict(self) -> dict[str, object]:
         """The JSON row of ``cttlstm profile --json``."""
         return {**asdict(self), "epoch_seconds": self.epoch_seconds}
-
-
-def epoch_time(step_seconds: float, batch_size: int, clips: int = PAPER_EPOCH_CLIPS) -> float:
-    """Seconds of an epoch of ``clips`` clips at ``step_seconds`` per training step of ``batch_size`` clips."""
-    return step_seconds * math.ceil(clips / batch_size)
-
-
-#: an epoch longer than this on a CPU gets a note that points to :data:`CPU_TUTORIAL_RECIPE`
-SLOW_EPOCH_SECONDS = 3600.0
-#: the recipe made for training on a CPU
-CPU_TUTORIAL_RECIPE = "recipes/tutorial.yaml"
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` for people, in the largest unit that keeps the number readable:
-    ``0.31 s``, ``45 s``, ``3.2 min``, ``50 min``, ``2.5 h``, ``20 h``, ``3.5 days``, ``416 days``."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 10:
-        return f"{seconds:.2g} s" if seconds >= 0.01 else f"{seconds:.3f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    for unit, size, upto in (("min", 60.0, 90 * 60.0), ("h", 3600.0, 48 * 3600.0)):
-        if seconds < upto:
-            value = seconds / size
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-    days = seconds / 86400
-    return f"{days:.1f} days" if days < 10 else f"{days:,.0f} days"
-
-
-def slow_epoch_note(step_seconds: float, steps_per_epoch: int, device: torch.device | str) -> str | None:
-    """The note for a run whose epoch takes more than :data:`SLOW_EPOCH_SECONDS` on a CPU (None otherwise):
-    how long an epoch takes, that the paper's recipes are meant for GPUs, and the CPU tutorial recipe.
-    On a GPU a long epoch is the recipe's choice, not a wrong machine, and says nothing."""
-    epoch = step_seconds * steps_per_epoch
-    if torch.device(device).type != "cpu" or epoch <= SLOW_EPOCH_SECONDS:
-        return None
-    return (
-        f"an epoch takes about {format_duration(epoch)} on this CPU ({steps_per_epoch:,} steps of {format_duration(step_seconds)}): "
-        f"the paper's recipes are meant for GPUs. On a CPU, try {CPU_TUTORIAL_RECIPE}, a small Conv-TT-LSTM on 32x32 "
-        f"Moving-MNIST that learns in about 10 minutes on 2 cores (cttlstm train {CPU_TUTORIAL_RECIPE}). This run goes on"
-    )
-
-
-def speed_line(
-    step_seconds: float,
-    clips: str,
-    device: str,
-    steps_per_epoch: int,
-    epochs: int,
-    steps_done: int = 0,
-    first_step: str | None = "first step",
-) -> str:
-    """``speed: X per optimizer step (CLIPS, FIRST_STEP) on DEVICE -> about Y per epoch (N steps), Z for
-    the whole run (E epochs)``; a run resumed after ``steps_done`` steps gets the time of what is left."""
-    epoch = step_seconds * steps_per_epoch
-    total = steps_per_epoch * epochs
-    what = ", ".join(x for x in (clips, first_step) if x)
-    line = (
-        f"speed: {format_duration(step_seconds)} per optimizer step ({what}) on {device} "
-        f"→ about {format_duration(epoch)} per epoch ({steps_per_epoch:,} steps), "
-    )
-    if steps_done <= 0:
-        return line + f"{format_duration(step_seconds * total)} for the whole run ({epochs:,} epochs)"
-    left = max(0, total - steps_done)
-    return line + f"{format_duration(step_seconds * left)} for the rest of the run ({left:,} of {total:,} steps, {epochs:,} epochs)"
-
-
-class StepClock:
-    """Seconds per optimizer step as a run goes, for its estimates and ETA.
-
-    The first step is timed on its own (:meth:`first`, without waiting for the loader's first
-    batch): it includes one-off costs (allocator warm-up, torch.compile), so it stands only until
-    later steps have been timed. From then on the estimate is their mean, each step timed from
-    the end of the one before (:meth:`tick`), so that data loading and checkpoints count as they
-    do in the run; :meth:`restart` after validation keeps it out (it is timed on its own).
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
-        self._clock = clock
-        self.first_seconds: float | None = None
-        self.validation_seconds: float | None = None  # the most recent validation's
-        self._total, self._count = 0.0, 0
-        self._mark: float | None = None
-
-    def first(self, seconds: float) -> None:
-        """The first step of the run took ``seconds``; later steps are timed from now."""
-        self.first_seconds = seconds
-        self._mark = self._clock()
-
-    def restart(self) -> None:
-        """Time the next step from now (after validation, say), not from the end of the last one."""
-        if self.first_seconds is not None:
-            self._mark = self._clock()
-
-    def tick(self) -> None:
-        """A step (after the first) has just finished."""
-        now = self._clock()
-        if self._mark is not None:
-            self._total += now - self._mark
-            self._count += 1
-        self._mark = now
-
-    @property
-    def steady(self) -> bool:
-        """Whether the estimate comes from steps after the first (free of one-off costs)."""
-        return self._count > 0
-
-    @property
-    def step_seconds(self) -> float | None:
-        """The current estimate of one step: the mean of the steps after the first, else the first; None before it."""
-        return self._total / self._count if self._count else self.first_seconds
-
-    def remaining(self, steps: int, validations: int = 0) -> float | None:
-        """Seconds for ``steps`` more steps and ``validations`` more validations (counted once one has been
-        timed); None before the first step."""
-        step = self.step_seconds
-        if step is None:
-            return None
-        return steps * step + validations * (self.validation_seconds or 0.0)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

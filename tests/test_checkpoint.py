@@ -13,9 +13,9 @@ import torch
 from cttlstm_cli import load_model
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import create_model
-from cttlstm_cli.models import checkpoint as checkpoint_module
+from cttlstm_cli import checkpoint as checkpoint_module
 from cttlstm_cli.atomic import NoSpaceError
-from cttlstm_cli.models.checkpoint import CheckpointRefusedError, load_model_and_recipe, read_checkpoint, save_checkpoint
+from cttlstm_cli.checkpoint import CheckpointRefusedError, load_model_and_recipe, read_checkpoint, save_checkpoint
 from cttlstm_cli.models.convrnn import ConvRNNConfig
 from cttlstm_cli.recipe import Recipe
 
@@ -208,7 +208,7 @@ def _training_file(tmp_path: Path) -> Path:
     """A training checkpoint as the trainer writes it (its fields made the way Trainer.save makes them),
     of a small ConvLSTM after one Adam step; written and read back, so it holds what a file holds."""
     from cttlstm_cli.training.schedule import PlateauSchedule
-    from cttlstm_cli.training.trainer import rng_state
+    from cttlstm_cli.training.rng import rng_state
 
     torch.manual_seed(0)
     recipe = Recipe(model=ConvRNNConfig(cell="convlstm", **SMALL))
@@ -237,7 +237,7 @@ def training_file(written_training_file: Path, tmp_path: Path) -> Path:
 
 
 def test_a_training_checkpoint_as_written_is_valid(training_file: Path) -> None:
-    from cttlstm_cli.models.checkpoint import validate_checkpoint
+    from cttlstm_cli.checkpoint import validate_checkpoint
 
     data = read_checkpoint(training_file)
     payload = validate_checkpoint(data, training_file, training=True)
@@ -254,7 +254,7 @@ def test_a_training_checkpoint_as_written_is_valid(training_file: Path) -> None:
 
 @pytest.mark.parametrize("key", ["format", "model", "recipe", "image_channels", "optimizer", "schedule", "epoch", "step", "position", "rng"])
 def test_each_missing_key_is_named(training_file: Path, key: str) -> None:
-    from cttlstm_cli.models.checkpoint import validate_checkpoint
+    from cttlstm_cli.checkpoint import validate_checkpoint
 
     data = read_checkpoint(training_file)
     del data[key]
@@ -319,7 +319,7 @@ WRONG_TYPES = [
 
 @pytest.mark.parametrize("damage,expected", [(d, e) for _, d, e in WRONG_TYPES], ids=[name for name, _, _ in WRONG_TYPES])
 def test_each_wrong_type_is_named(training_file: Path, damage, expected: str) -> None:
-    from cttlstm_cli.models.checkpoint import validate_checkpoint
+    from cttlstm_cli.checkpoint import validate_checkpoint
 
     data = read_checkpoint(training_file)
     damage(data)
@@ -353,7 +353,7 @@ def test_an_authors_checkpoint_with_complex_weights_is_refused(tmp_path: Path) -
 
 def test_the_integer_buffers_are_the_only_integer_tensors_of_every_family() -> None:
     """What the weights check lets through as integer, every family's models hold, and nothing else."""
-    from cttlstm_cli.models.checkpoint_schema import INTEGER_BUFFERS, weight_problem
+    from cttlstm_cli.checkpoint_schema import INTEGER_BUFFERS, weight_problem
     from cttlstm_cli.recipe import load_recipe
 
     from conftest import RECIPES
@@ -372,7 +372,7 @@ def test_the_integer_buffers_are_the_only_integer_tensors_of_every_family() -> N
 def test_the_schedule_schema_lists_every_field_of_the_schedule() -> None:
     import dataclasses
 
-    from cttlstm_cli.models.checkpoint_schema import ScheduleState
+    from cttlstm_cli.checkpoint_schema import ScheduleState
     from cttlstm_cli.training.schedule import PlateauSchedule
 
     assert list(ScheduleState.model_fields) == [f.name for f in dataclasses.fields(PlateauSchedule)]
@@ -383,7 +383,7 @@ def test_a_validated_random_state_restores_every_generator() -> None:
 
     import numpy as np
 
-    from cttlstm_cli.models.checkpoint_schema import RngState
+    from cttlstm_cli.checkpoint_schema import RngState
 
     saved = RngState.capture()
     state = RngState.model_validate(saved)
@@ -394,7 +394,7 @@ def test_a_validated_random_state_restores_every_generator() -> None:
 
 
 def test_optimizer_state_that_does_not_fit_is_named() -> None:
-    from cttlstm_cli.models.checkpoint import optimizer_state_mismatch
+    from cttlstm_cli.checkpoint import optimizer_state_mismatch
 
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.rand(2, 3))

@@ -4,7 +4,7 @@ read it the ways the commands do. Whatever the damage, the outcome is one of: it
 harmless to that reader), one ``error: ...`` line with exit 2 and no file changed, or, for ``--resume``
 of a damaged ``last.pt``, a warning naming the field and the run going on from ``previous.pt``.
 
-The schema (:func:`~cttlstm_cli.models.checkpoint.validate_checkpoint`) is the oracle of which: where it
+The schema (:func:`~cttlstm_cli.checkpoint.validate_checkpoint`) is the oracle of which: where it
 names a problem, the command's line is exactly that problem; where it accepts the file, the command
 either works or refuses in one line naming the file (weights of another shape, an optimizer state that
 does not fit), never with a traceback.
@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.checkpoint import load_model_and_recipe, validate_checkpoint
-from cttlstm_cli.models.checkpoint_schema import RngState
+from cttlstm_cli.checkpoint import load_model_and_recipe, validate_checkpoint
+from cttlstm_cli.checkpoint_schema import RngState
 from cttlstm_cli.training.schedule import PlateauSchedule
 
 from conftest import RECIPES, assert_unchanged, file_snapshot, one_error_line

@@ -113,7 +113,7 @@ def test_long_predict_shows_progress(cli, trained_smoke, clip: Path, tmp_path: P
 
 
 def test_rollout_reports_every_frame_and_equals_forward(trained_smoke) -> None:
-    from cttlstm_cli.models.checkpoint import load_model
+    from cttlstm_cli.checkpoint import load_model
     from cttlstm_cli.predict import rollout
 
     model = load_model(trained_smoke.best)
@@ -190,7 +190,7 @@ def test_profile_refuses_training_steps_that_cannot_fit(cli, monkeypatch: pytest
 
 
 def test_profile_is_never_silent(cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--steps", "1")
+    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--timed-steps", "1")
     assert result.code == 0, result.err
     json.loads(result.out)  # stdout stays the JSON alone
     phase = "smoke on cpu: timing 1 training step(s) of 2 clip(s) after 1 warm-up"
@@ -199,7 +199,7 @@ def test_profile_is_never_silent(cli, monkeypatch: pytest.MonkeyPatch) -> None:
 
     screen = io.StringIO()
     monkeypatch.setattr(profile_cli, "err_console", Console(file=screen, force_terminal=True, width=150))
-    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--steps", "1")
+    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--timed-steps", "1")
     assert result.code == 0 and result.err == ""
     shown = screen.getvalue()
     assert "building the model" in shown and "counting FLOPs" in shown and "timing 1 training step(s)" in shown

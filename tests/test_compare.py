@@ -154,7 +154,7 @@ def test_table_numbers_equal_reports(cli, tmp_path: Path) -> None:
 
 def test_flops_from_the_checkpoint_and_profile_time(cli, trained_smoke, tmp_path: Path) -> None:
     """The one real path: a trained smoke run, evaluated, then compared (a combined report counts as two)."""
-    from cttlstm_cli.models.checkpoint import load_model_and_recipe
+    from cttlstm_cli.checkpoint import load_model_and_recipe
 
     a, b = tmp_path / "a", tmp_path / "b"
     for run in (a, b):
@@ -534,7 +534,7 @@ def test_activity_from_real_classifier_reports(cli, tmp_path: Path) -> None:
     import torch
 
     from cttlstm_cli.models import create_model
-    from cttlstm_cli.models.checkpoint import save_checkpoint
+    from cttlstm_cli.checkpoint import save_checkpoint
     from cttlstm_cli.recipe import load_recipe
 
     from conftest import RECIPES

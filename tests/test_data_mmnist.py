@@ -193,6 +193,7 @@ def _serve(directory: Path):
     return server
 
 
+@pytest.mark.network
 def test_download_checks_sha256(tmp_path: Path, mnist_gz: Path) -> None:
     served = tmp_path / "www"
     served.mkdir()

@@ -14,7 +14,7 @@ from PIL import Image
 from cttlstm_cli.data.dataset import EarlyActivityDataset, open_dataset
 from cttlstm_cli.evaluation.metrics import mse, psnr, ssim
 from cttlstm_cli.models import create_model
-from cttlstm_cli.models.checkpoint import load_model_and_recipe, save_checkpoint
+from cttlstm_cli.checkpoint import load_model_and_recipe, save_checkpoint
 from cttlstm_cli.models.convrnn import ConvRNNConfig
 from cttlstm_cli.recipe import load_recipe
 

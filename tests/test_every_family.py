@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from cttlstm_cli.models import RecurrentVideoModel, create_model, model_names
-from cttlstm_cli.models.checkpoint import read_checkpoint
+from cttlstm_cli.checkpoint import read_checkpoint
 from cttlstm_cli.models.registry import model_class, reference_model
 from cttlstm_cli.recipe import Recipe, load_recipe
 from cttlstm_cli.training.step import train_step
@@ -199,11 +199,31 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"frames": root / "mmnist", "labels": brightness_labelled_dataset(root / "labelled", videos=24, size=SIZE)}
 
 
-def _train(arch: str, out: Path, data: Path, *extra: str) -> subprocess.Popen:
+#: ``python -c`` this, then cttlstm's arguments: the command line, whose run stops for good once it has written
+#: its first ``last.pt`` (step 2), so that a test kills it mid-way however fast or slow the machine is
+PAUSED_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+from cttlstm_cli.training.trainer import Trainer
+save = Trainer.save
+
+def save_then_wait(self, path=None):
+    save(self, path)
+    if path is None:  # last.pt
+        while True:
+            time.sleep(1)
+
+Trainer.save = save_then_wait
+from cttlstm_cli.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train(arch: str, out: Path, data: Path, *extra: str, paused: bool = False) -> subprocess.Popen:
     sets = [f"data.path={data}", f"data.frame_size=[{SIZE},{SIZE}]", f"data.input_frames={CONTEXT}", f"data.future_frames={FUTURE}",
             "train.batch_size=4", "train.micro_batch=4", "train.epochs=3", "train.epoch_clips=32", "train.val_clips=8",
             "train.checkpoint_every=2", "data.workers=0"]  # fmt: skip
-    args = [sys.executable, "-m", "cttlstm_cli", "train", str(smoke_recipe_path(arch)), "--out", str(out), "--device", "cpu", "--quiet"]
+    start = ["-c", PAUSED_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
+    args = [sys.executable, *start, "train", str(smoke_recipe_path(arch)), "--out", str(out), "--device", "cpu", "--quiet"]
     for s in sets:
         args += ["--set", s]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -216,15 +236,15 @@ def test_sigkill_then_resume_equals_uninterrupted(arch: str, prepared: dict[str,
     full = _train(arch, tmp_path / "full", data)
     assert full.wait(timeout=600) == 0, full.stderr.read().decode()
 
-    killed = _train(arch, tmp_path / "killed", data)
+    killed = _train(arch, tmp_path / "killed", data, paused=True)
     last = tmp_path / "killed" / "last.pt"
-    # Kill once the first checkpoint (step 2 of 24) exists: however slow the machine, the run is then mid-way.
+    # The run waits after its first checkpoint (step 2 of 24) until it is killed: always mid-way.
     while not last.exists() and killed.poll() is None:
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()
-    assert 0 < read_checkpoint(last)["step"] < 24
+    assert read_checkpoint(last)["step"] == 2
 
     resumed = _train(arch, tmp_path / "killed", data, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()

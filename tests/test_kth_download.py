@@ -26,6 +26,8 @@ from data_video_helpers import ramp_frames, write_video
 from cttlstm_cli.data import download, kth
 from cttlstm_cli.errors import CttlstmError
 
+pytestmark = pytest.mark.network  # a local server the tests start (http.server on 127.0.0.1)
+
 #: archive -> (person, scenario) of the videos in it: every split gets some, each archive is short of the release
 MEMBERS = {
     "walking.zip": [(1, 1), (17, 2)],

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cttlstm_cli.errors import CttlstmError
-from cttlstm_cli.models.checkpoint import read_checkpoint
+from cttlstm_cli.checkpoint import read_checkpoint
 from cttlstm_cli.recipe import Recipe, load_recipe
 from cttlstm_cli.training.trainer import Trainer
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from cttlstm_cli.errors import CttlstmError, RecipeNotice
 from cttlstm_cli.models import ModelConfig, RecurrentVideoModel, VideoModel, create_model, model_class, model_names, register_model
 from cttlstm_cli.models import registry
-from cttlstm_cli.models.checkpoint import load_model, load_model_and_recipe
+from cttlstm_cli.checkpoint import load_model, load_model_and_recipe
 from cttlstm_cli.models.convrnn import ConvRNN, ConvRNNConfig
 from cttlstm_cli.recipe import load_recipe, recipe_from_dict
 

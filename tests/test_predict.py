@@ -14,7 +14,7 @@ from data_video_helpers import write_video
 from PIL import Image
 
 from cttlstm_cli.data.dataset import ClipDataset
-from cttlstm_cli.models.checkpoint import load_model, read_checkpoint, save_checkpoint, stored_recipe
+from cttlstm_cli.checkpoint import load_model, read_checkpoint, save_checkpoint, stored_recipe
 from cttlstm_cli.models.registry import create_model
 from cttlstm_cli.recipe import recipe_from_dict
 from cttlstm_cli.rendering import GAP, LABEL_HEIGHT, _font, _label

@@ -58,7 +58,7 @@ def test_profile_json(cli) -> None:
 
 
 def test_profile_times_an_epoch(cli) -> None:
-    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--steps", "1")
+    result = cli("profile", "smoke", "--json", "--device", "cpu", "--batch-size", "2", "--timed-steps", "1")
     assert result.code == 0, result.err
     (row,) = json.loads(result.out)
     assert row["step_seconds"] > 0
@@ -71,7 +71,7 @@ def test_profile_times_an_epoch(cli) -> None:
 
 
 def test_profile_table_labels_the_epochs_truthfully(cli) -> None:
-    result = cli("profile", "smoke", "--device", "cpu", "--batch-size", "2", "--steps", "1")
+    result = cli("profile", "smoke", "--device", "cpu", "--batch-size", "2", "--timed-steps", "1")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     step = float(next(ln for ln in lines if "s / training step" in ln).split("│")[2])

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import create_model
-from cttlstm_cli.models.checkpoint import read_checkpoint, save_checkpoint
+from cttlstm_cli.checkpoint import read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import load_recipe
 
 from conftest import RECIPES, REPO, assert_unchanged, file_snapshot, leave_ddp_worker, one_error_line

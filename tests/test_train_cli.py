@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cttlstm_cli.models.checkpoint import read_checkpoint
+from cttlstm_cli.checkpoint import read_checkpoint
 
 from conftest import RECIPES, REPO, one_error_line
 

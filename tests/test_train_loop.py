@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import create_model
 from cttlstm_cli.models.convrnn import cells
-from cttlstm_cli.models.checkpoint import read_checkpoint
+from cttlstm_cli.checkpoint import read_checkpoint
 from cttlstm_cli.recipe import TrainConfig, load_recipe
 from cttlstm_cli.training.schedule import PlateauSchedule
 from cttlstm_cli.training.step import train_step

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cttlstm_cli.profiling import (
+from cttlstm_cli.timing import (
     CPU_TUTORIAL_RECIPE,
     SLOW_EPOCH_SECONDS,
     StepClock,
@@ -131,7 +131,7 @@ def test_a_cpu_epoch_over_an_hour_gets_the_tutorial_note_and_the_run_goes_on(cli
     assert f"try {CPU_TUTORIAL_RECIPE}" in notes[0]
     # --quiet stays quiet otherwise: no phase lines, no speed line, no bar.
     assert "…" not in result.out and "speed: " not in result.out and "overall" not in result.out
-    from cttlstm_cli.models.checkpoint import read_checkpoint
+    from cttlstm_cli.checkpoint import read_checkpoint
 
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
 

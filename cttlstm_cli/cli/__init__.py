@@ -22,30 +22,8 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exceptions
 
 from cttlstm_cli import __version__
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.errors import CttlstmError, RecipeNotice
-
-app = typer.Typer(
-    name="cttlstm",
-    help="Convolutional Tensor-Train LSTM (Su et al., NeurIPS 2020): prepare data, train, evaluate, predict, profile.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"cttlstm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """Convolutional Tensor-Train LSTM toolkit."""
-
 
 # Importing a command module registers its command on `app`.
 from cttlstm_cli.cli import prepare as _prepare  # noqa: E402,F401

@@ -9,7 +9,7 @@ import typer
 from rich.measure import Measurement
 from rich.table import Table
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import console
 
 

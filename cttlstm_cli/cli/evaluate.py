@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, console, err_console
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.schema import MAX_WORKERS
@@ -52,7 +52,7 @@ class _Bar:
 
 
 def _table(reports: list[dict[str, Any]]) -> Table:
-    from cttlstm_cli.evaluation.runner import report_label
+    from cttlstm_cli.evaluation.report import report_label
     from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS
 
     horizons = []
@@ -108,7 +108,7 @@ def _table(reports: list[dict[str, Any]]) -> Table:
 def baseline_verdicts(reports: list[dict[str, Any]]) -> list[str]:
     """One line per report and horizon: its MSE against the better trivial predictor's, then every
     metric where a trivial predictor beats the model."""
-    from cttlstm_cli.evaluation.runner import report_label
+    from cttlstm_cli.evaluation.report import report_label
     from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS, verdict
 
     lines = []
@@ -127,7 +127,7 @@ def baseline_verdicts(reports: list[dict[str, Any]]) -> list[str]:
 
 
 def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
-    from cttlstm_cli.evaluation.runner import report_label
+    from cttlstm_cli.evaluation.report import report_label
 
     with_acc = [r for r in reports if r.get("accuracy")]
     if not with_acc:
@@ -204,7 +204,7 @@ def evaluate(
         shared_lpips,
         write_reports,
     )
-    from cttlstm_cli.models.checkpoint import resolve_checkpoint_path
+    from cttlstm_cli.checkpoint import resolve_checkpoint_path
 
     # Validate everything cheap before any model or dataset is touched.
     horizons = parse_future(future)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, Progress, console, err_console
 
 #: rollouts of at least this many steps report their progress off a terminal too (shorter ones end at once,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import console, err_console
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.schema import MAX_WORKERS

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, Progress, console, err_console, resolve_recipe_path
 
 DEFAULT_RECIPES = ["mmnist", "mmnist-convlstm"]
@@ -27,7 +27,7 @@ def profile(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Batch for the timing (default: the recipe's)."),
     no_time: bool = typer.Option(False, "--no-time", help="Skip the timed training steps."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per recipe."),
-    timed_steps: int = typer.Option(2, "--timed-steps", "--steps", min=1, help="Training steps timed after one warm-up step."),
+    timed_steps: int = typer.Option(2, "--timed-steps", min=1, help="Training steps timed after one warm-up step."),
     overrides: list[str] = SET_OPTION,
 ) -> None:
     """Report parameters, FLOPs per one-step prediction and the time of a 10,000-clip epoch.
@@ -40,7 +40,8 @@ def profile(
     it differs). Frames too large for the memory available are refused first.
     """
     from cttlstm_cli.devices import open_device
-    from cttlstm_cli.profiling import PAPER_EPOCH_CLIPS, prepare_profile, run_profile
+    from cttlstm_cli.profiling import prepare_profile, run_profile
+    from cttlstm_cli.timing import PAPER_EPOCH_CLIPS
     from cttlstm_cli.recipe import load_recipe
 
     loaded = [load_recipe(resolve_recipe_path(r), overrides or []) for r in (recipes or DEFAULT_RECIPES)]

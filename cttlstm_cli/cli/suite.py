@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, console, err_console
 
 suite_app = typer.Typer(
@@ -126,7 +126,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show what is done in a suite's folder: per model its training step and evaluation."""
-    from cttlstm_cli.profiling import format_duration
+    from cttlstm_cli.timing import format_duration
     from cttlstm_cli.suite import suite_status
 
     info = suite_status(folder)

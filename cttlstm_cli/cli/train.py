@@ -16,9 +16,9 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Column
 from rich.text import Text
 
-from cttlstm_cli.cli import app
+from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
-from cttlstm_cli.profiling import format_duration
+from cttlstm_cli.timing import format_duration
 
 
 def clock_text(seconds: float) -> str:
@@ -207,7 +207,8 @@ def train(
     from cttlstm_cli.devices import open_device
     from cttlstm_cli.recipe import load_recipe
     from cttlstm_cli.training.run import open_trainer
-    from cttlstm_cli.training.trainer import Trainer, default_run_dir, newest_run_dir
+    from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir
+    from cttlstm_cli.training.trainer import Trainer
 
     cfg = load_recipe(resolve_recipe_path(recipe), overrides or [])
     if out is None:

@@ -35,15 +35,13 @@ from cttlstm_cli.evaluation.verdict import HIGHER_IS_BETTER
 from cttlstm_cli.atomic import atomic_path, require_output_folder, write_json_atomic, write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation import paper_results as paper
-from cttlstm_cli.evaluation.report import load_json, read_report_file
+from cttlstm_cli.evaluation.report import REPORT_FILE, default_reports, load_json, read_report_file, report_label
 
 #: metric order in tables (the evaluate reports' names)
 METRIC_ORDER = ("mse", "mae", "psnr", "ssim", "lpips")
 _TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
 #: readable dataset names for titles (``data.dataset`` in reports)
 DATASET_NAMES = {"mmnist": "Moving-MNIST-2", "kth": "KTH action", "ssv2": "Something-Something V2", "folder": "folder"}
-#: the paper's epoch: Table 2's "Time(m)" is minutes per 10,000 training clips
-EPOCH_CLIPS = 10_000
 #: the largest bubble's area in points² (matplotlib ``scatter(s=...)``)
 MAX_BUBBLE_AREA = 3000.0
 #: default output folder of ``cttlstm compare``
@@ -73,16 +71,11 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar")
 
 
 def _reports_for(path: Path) -> list[Path]:
-    """Where ``cttlstm evaluate PATH`` writes without ``--out`` (``runner.default_output_dir``): a run
-    directory's (or its best.pt's) ``eval-*/report.json``, another checkpoint's ``<stem>-eval-*/report.json``
-    beside it; an evaluate output folder is its own ``report.json``."""
-    if path.is_dir() and (path / "report.json").is_file():
-        return [path / "report.json"]
-    if path.is_dir():
-        folder, pattern = path, "eval-*/report.json"
-    else:
-        stem = "" if path.name == "best.pt" else f"{path.stem}-"
-        folder, pattern = path.parent, f"{stem}eval-*/report.json"
+    """The reports ``cttlstm evaluate PATH`` wrote without ``--out`` (:func:`~cttlstm_cli.evaluation.report.default_reports`);
+    an evaluate output folder is its own ``report.json``."""
+    if path.is_dir() and (path / REPORT_FILE).is_file():
+        return [path / REPORT_FILE]
+    folder, pattern = default_reports(path)
     return sorted(p for p in folder.glob(pattern) if p.is_file())
 
 
@@ -132,7 +125,7 @@ def find_reports(
         return _loaded(path, reports), None
     found = _reports_for(path)
     if not found:
-        where = "eval-*/report.json" if path.is_dir() or path.name == "best.pt" else f"{path.stem}-eval-*/report.json"
+        where = default_reports(path)[1]
         raise CttlstmError(f"{path} has no evaluate report (no {where}); make one with: cttlstm evaluate {path}")
     candidates = [(p, read_report_file(p)) for p in found]
     kept = [(p, reps) for p, reps in candidates if _matches(reps, convention, future)]
@@ -165,7 +158,6 @@ def find_reports(
 
 
 def _loaded(path: Path, reports: list[dict[str, Any]]) -> list[LoadedReport]:
-    from cttlstm_cli.evaluation.runner import report_label
 
     if len(reports) == 1:
         return [LoadedReport(report_label(reports[0]["checkpoint"]), path, reports[0])]
@@ -300,7 +292,7 @@ def checkpoint_info(loaded: LoadedReport, flops: bool = True) -> CheckpointInfo:
     if path is None:
         info.problem = "checkpoint not found (neither where the report says nor beside it)"
     elif flops:
-        from cttlstm_cli.models.checkpoint import load_model_and_recipe
+        from cttlstm_cli.checkpoint import load_model_and_recipe
 
         try:
             with warnings.catch_warnings():  # a broken file is reported in a note, not in torch's words
@@ -367,11 +359,11 @@ def match_profile(
 def minutes_per_epoch(row: dict[str, Any]) -> float | None:
     """Minutes of one 10,000-clip training epoch (the paper's Time(m)) from a profile row:
     seconds per step × steps per 10,000 clips; the row's own ``epoch_seconds`` when it lacks a step time."""
-    from cttlstm_cli.profiling import epoch_time
+    from cttlstm_cli.timing import PAPER_EPOCH_CLIPS, epoch_time
 
     step, batch = row.get("step_seconds"), row.get("batch_size")
     if step is not None and batch:
-        return epoch_time(float(step), int(batch), EPOCH_CLIPS) / 60.0
+        return epoch_time(float(step), int(batch), PAPER_EPOCH_CLIPS) / 60.0
     if row.get("epoch_seconds") is not None:
         return float(row["epoch_seconds"]) / 60.0
     return None

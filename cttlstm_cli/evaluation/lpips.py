@@ -243,7 +243,7 @@ def _refused(path: Path, code: str) -> CttlstmError:
 def _torch_load(data: bytes, path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain data; every failure is one line, and never
     torch's advice to retry with ``weights_only=False`` (which would run the file's code)."""
-    from cttlstm_cli.models.checkpoint import code_reference
+    from cttlstm_cli.checkpoint import code_reference
 
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

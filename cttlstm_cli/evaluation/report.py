@@ -42,7 +42,6 @@ from pydantic_core import PydanticCustomError
 from cttlstm_cli.data.shards import SPLITS
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import CONVENTIONS, METRIC_NAMES
-from cttlstm_cli.evaluation.runner import TRIVIAL_PREDICTORS
 from cttlstm_cli.recipe import DataConfig
 # the largest whole number a report may hold, as everywhere else: readers of the JSON (numpy, pandas,
 # torch) keep int64 at best, and no count evaluate makes comes near it
@@ -52,7 +51,9 @@ from cttlstm_cli.schema import INT64_MAX, field_path
 MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
 ConventionName = Literal[tuple(CONVENTIONS)]  # type: ignore[valid-type]
 SplitName = Literal[SPLITS]  # type: ignore[valid-type]
-BaselineName = Literal[tuple(TRIVIAL_PREDICTORS)]  # type: ignore[valid-type]
+#: the trivial predictors evaluate scores beside every model (:data:`~cttlstm_cli.evaluation.runner.TRIVIAL_PREDICTORS`)
+BASELINE_NAMES = ("copy_last_frame", "blank_frame")
+BaselineName = Literal[BASELINE_NAMES]  # type: ignore[valid-type]
 #: the datasets a recipe may name (``data.dataset``)
 DatasetName = DataConfig.model_fields["dataset"].annotation
 
@@ -132,7 +133,7 @@ class Horizon(_Strict):
             (("per_frame", m), c) for m, c in self.per_frame.items()
         ]
         if self.baselines is not None:
-            for name in TRIVIAL_PREDICTORS:
+            for name in BASELINE_NAMES:
                 if name not in self.baselines:
                     raise _bad(("baselines", name), "missing (evaluate scores every trivial predictor or none)")
             for name, scores in self.baselines.items():
@@ -247,6 +248,42 @@ def parse_report(raw: Any, where: str | Path = "report") -> list[Report]:
     if "checkpoints" in raw:
         return CombinedReport.from_dict(raw, where).checkpoints
     return [Report.from_dict(raw, where)]
+
+
+# ---- where reports live ------------------------------------------------------------------------------------------------
+
+#: the file evaluate writes into its output folder
+REPORT_FILE = "report.json"
+
+
+def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int], convention: str) -> Path:
+    """Where a report goes without ``--out``: ``<run dir>/eval-<split>-<F>-<convention>`` for a
+    run directory or its ``best.pt``, else ``<dir>/<stem>-eval-<split>-<F>-<convention>`` beside
+    the checkpoint file (``F`` joined by ``-`` for several horizons). The convention is in the
+    name so that reports under different conventions never overwrite each other."""
+    path = Path(checkpoint)
+    name = f"eval-{split}-{'-'.join(str(f) for f in future)}-{convention}"
+    if path.is_dir():
+        return path / name
+    if path.name == "best.pt":
+        return path.parent / name
+    return path.parent / f"{path.stem}-{name}"
+
+
+def report_label(checkpoint: str | Path) -> str:
+    """A short name for a checkpoint in tables and plots: the run directory's, or the file's."""
+    path = Path(checkpoint)
+    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
+
+
+def default_reports(path: Path) -> tuple[Path, str]:
+    """Where :func:`default_output_dir` put the reports of the checkpoint or run folder ``path`` (any split,
+    horizons and convention), as ``(folder, glob pattern)``: ``eval-*/report.json`` in a run folder (or beside
+    its ``best.pt``), ``<stem>-eval-*/report.json`` beside any other checkpoint file."""
+    if path.is_dir():
+        return path, f"eval-*/{REPORT_FILE}"
+    stem = "" if path.name == "best.pt" else f"{path.stem}-"
+    return path.parent, f"{stem}eval-*/{REPORT_FILE}"
 
 
 def read_report_file(path: str | Path) -> list[dict[str, Any]]:
@@ -371,6 +408,8 @@ def _shown(value: Any) -> str:
 
 
 __all__ = [
+    "BASELINE_NAMES",
+    "REPORT_FILE",
     "Accuracy",
     "CombinedReport",
     "DataInfo",
@@ -379,8 +418,11 @@ __all__ = [
     "INT64_MAX",
     "Report",
     "Scores",
+    "default_output_dir",
+    "default_reports",
     "load_json",
     "parse_report",
     "read_report_file",
+    "report_label",
     "report_payload",
 ]

@@ -39,7 +39,8 @@ from cttlstm_cli.atomic import write_json_atomic
 from cttlstm_cli.data.dataset import make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation.metrics import MetricAccumulator, get_convention, parse_metrics
-from cttlstm_cli.models.checkpoint import load_model_and_recipe, resolve_checkpoint_path
+from cttlstm_cli.evaluation.report import BASELINE_NAMES, default_output_dir, report_label, report_payload
+from cttlstm_cli.checkpoint import load_model_and_recipe, resolve_checkpoint_path
 from cttlstm_cli.models import VideoModel
 from cttlstm_cli.recipe import DataConfig, Recipe
 
@@ -63,10 +64,7 @@ def blank_frame(context: torch.Tensor, future: int) -> torch.Tensor:
 
 
 #: trivial predictors scored beside every model: ``name -> predict(context [B, I, C, H, W], F)``
-TRIVIAL_PREDICTORS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "copy_last_frame": copy_last_frame,
-    "blank_frame": blank_frame,
-}
+TRIVIAL_PREDICTORS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = dict(zip(BASELINE_NAMES, (copy_last_frame, blank_frame)))
 
 
 def parse_future(values: Sequence[str | int] | None) -> list[int] | None:
@@ -435,26 +433,6 @@ def evaluate_checkpoint(
     )
 
 
-def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int], convention: str) -> Path:
-    """Where a report goes without ``--out``: ``<run dir>/eval-<split>-<F>-<convention>`` for a
-    run directory or its ``best.pt``, else ``<dir>/<stem>-eval-<split>-<F>-<convention>`` beside
-    the checkpoint file (``F`` joined by ``-`` for several horizons). The convention is in the
-    name so that reports under different conventions never overwrite each other."""
-    path = Path(checkpoint)
-    name = f"eval-{split}-{'-'.join(str(f) for f in future)}-{convention}"
-    if path.is_dir():
-        return path / name
-    if path.name == "best.pt":
-        return path.parent / name
-    return path.parent / f"{path.stem}-{name}"
-
-
-def report_label(checkpoint: str | Path) -> str:
-    """A short name for a checkpoint in tables and plots: the run directory's, or the file's."""
-    path = Path(checkpoint)
-    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
-
-
 def shared_lpips(metrics: Sequence[str] | None, weights: str | Path | None, device: torch.device) -> Any:
     """The LPIPS network to share among several evaluations, or None to let each checkpoint
     load it only if its recipe asks for LPIPS: loaded here when ``metrics`` names LPIPS or
@@ -499,8 +477,6 @@ def combined_report(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     prints it: the report for one, ``{"convention", "checkpoints": [...]}`` (the first one's
     convention) for several; built through the report format that compare and the suite read
     (:func:`cttlstm_cli.evaluation.report.report_payload`, metrics that were not finite as null)."""
-    from cttlstm_cli.evaluation.report import report_payload
-
     return report_payload(reports)
 
 
@@ -513,12 +489,10 @@ __all__ = [
     "EvaluationReport",
     "HorizonResult",
     "data_config_for",
-    "default_output_dir",
     "evaluate_checkpoint",
     "activity_accuracy",
     "combined_report",
     "predict_and_score",
-    "report_label",
     "shared_lpips",
     "write_reports",
     "evaluate_model",

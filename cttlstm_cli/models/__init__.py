@@ -6,8 +6,10 @@
   ``cttlstm.models`` entry points of third-party families;
 - :mod:`~cttlstm_cli.models.layers`: reusable blocks (CTT module, TT convolution, LSTM update);
 - one folder per family, each registering itself when imported (every sub-package but ``layers``):
-  :mod:`~cttlstm_cli.models.convrnn` (Conv-TT-LSTM, ConvLSTM, classic TTD), ...;
-- :mod:`~cttlstm_cli.models.checkpoint`: checkpoint I/O for every family.
+  :mod:`~cttlstm_cli.models.convrnn` (Conv-TT-LSTM, ConvLSTM, classic TTD), ....
+
+Nothing here imports the recipe or anything above it: checkpoint files, which carry a recipe, are read
+and written by :mod:`cttlstm_cli.checkpoint` beside :mod:`cttlstm_cli.recipe`.
 """
 
 import importlib

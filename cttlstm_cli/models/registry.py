@@ -63,7 +63,7 @@ def register_model(name: str) -> Callable[[M], M]:
 
 
 def register_importer(importer: Importer) -> Importer:
-    """Let :func:`~cttlstm_cli.models.checkpoint.load_model` read a foreign checkpoint format."""
+    """Let :func:`~cttlstm_cli.checkpoint.load_model` read a foreign checkpoint format."""
     if importer not in _IMPORTERS:
         _IMPORTERS.append(importer)
     return importer

@@ -128,7 +128,7 @@ def resolved_suite(suite: Suite, models: list[ResolvedModel]) -> dict[str, Any]:
 
 
 def _eval_dir(model_dir: Path, suite: Suite) -> Path:
-    from cttlstm_cli.evaluation.runner import default_output_dir
+    from cttlstm_cli.evaluation.report import default_output_dir
 
     return default_output_dir(model_dir, suite.eval.split, suite.eval.future_frames, suite.eval.convention)
 
@@ -154,7 +154,7 @@ class SuiteRun:
         trainings stay valid; models added to the suite train)."""
         import json
 
-        from cttlstm_cli.training.trainer import comparable_recipe, recipe_difference
+        from cttlstm_cli.training.run_folder import comparable_recipe, recipe_difference
 
         current = resolved_suite(self.suite, self.models)
         stored_path = self.out / RESOLVED_NAME
@@ -428,7 +428,7 @@ def summary_rows(out: Path, models: list[ResolvedModel], state: SuiteState) -> l
 def write_summary(out: Path, suite: Suite, models: list[ResolvedModel], state: SuiteState) -> list[Path]:
     """``summary.json`` and ``summary.md``: each model against the trivial predictors."""
     from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS
-    from cttlstm_cli.profiling import format_duration
+    from cttlstm_cli.timing import format_duration
 
     rows = summary_rows(out, models, state)
     payload = {"suite": suite.name, "budget": suite.budget.model_dump(), "convention": suite.eval.convention,

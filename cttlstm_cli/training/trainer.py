@@ -18,19 +18,15 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -39,26 +35,25 @@ from cttlstm_cli.atomic import NoSpaceError, no_space_as_error, write_text_atomi
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
-from cttlstm_cli.models.checkpoint import (
+from cttlstm_cli.checkpoint import (
     CheckpointRefusedError,
     model_description,
     optimizer_state_mismatch,
     read_checkpoint,
     save_checkpoint,
     state_dict_mismatch,
-    stored_recipe,
     validate_checkpoint,
 )
-from cttlstm_cli.models.checkpoint_schema import RngState, ScheduleState, TrainingCheckpoint
-from cttlstm_cli.profiling import StepClock, slow_epoch_note, speed_line
+from cttlstm_cli.checkpoint_schema import ScheduleState, TrainingCheckpoint
+from cttlstm_cli.timing import StepClock, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe, read_yaml
+from cttlstm_cli.training.distributed import setup_distributed
 from cttlstm_cli.training.memory import resolve_micro_batch
+from cttlstm_cli.training.rng import rng_state, seed_everything, set_rng_state, step_generator
+from cttlstm_cli.training.run_folder import RunDir, comparable_recipe, dig, recipe_difference
 from cttlstm_cli.locking import RunLock
 from cttlstm_cli.training.schedule import PlateauSchedule, one_cycle
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
-
-#: recipe keys that may change on --resume without making it another run
-RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
 
 #: what torch's OneCycleLR keeps in each param group once it has started, and reads back when it is
 #: built again mid-cycle (:func:`~cttlstm_cli.training.schedule.one_cycle` on a resumed run)
@@ -67,46 +62,6 @@ ONE_CYCLE_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_
 
 class DivergedError(CttlstmError):
     """Training produced a non-finite loss or weights; nothing from then on is saved."""
-
-
-@dataclass
-class RunDir:
-    """The files of one training run."""
-
-    root: Path
-
-    @property
-    def recipe(self) -> Path:
-        return self.root / "recipe.yaml"
-
-    @property
-    def last(self) -> Path:
-        return self.root / "last.pt"
-
-    @property
-    def previous(self) -> Path:
-        return self.root / "previous.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> tuple[Path, ...]:
-        """The checkpoints ``--resume`` may continue from, in the order it tries them."""
-        return (self.last, self.previous, self.best)
-
-    def has_checkpoint(self) -> bool:
-        """Whether any checkpoint exists (a run that got that far is never started over)."""
-        return any(p.exists() for p in self.checkpoints)
-
-    def stale_temporaries(self) -> list[Path]:
-        """Temporary files of atomic writes cut short by a kill (``.last.tmp-<pid>.pt`` and the like)."""
-        return sorted(p for p in self.root.glob(".*.tmp-*") if p.is_file())
 
 
 @dataclass
@@ -123,118 +78,6 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     #: the checkpoint an interrupted run wrote as it stopped (None: nothing new was saved, see :meth:`Trainer.fit`)
     saved: Path | None = None
-
-
-def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
-    """``runs/<recipe>-<YYYYmmdd-HHMMSS>``."""
-    return root / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
-    """The most recent ``runs/<recipe>-*`` holding a run (a recipe or a checkpoint), for ``--resume``
-    without ``--out``; a run stopped before its first checkpoint counts, as it resumes from step 0."""
-    run_files = ("recipe.yaml", "last.pt", "previous.pt", "best.pt")
-    runs = [p for p in root.glob(f"{recipe.name}-*") if any((p / name).exists() for name in run_files)]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
-
-
-def comparable_recipe(raw: Any, source: str) -> Any:
-    """A stored recipe in today's keys and defaults (renamed keys renamed, keys added since, such as
-    ``train.lr_schedule``, at their defaults), so that a run begun by an earlier version still compares
-    equal to its recipe; as stored when it does not validate (it then differs from any valid recipe, and
-    :func:`recipe_difference` names where)."""
-    try:
-        return stored_recipe(raw, source).to_dict()
-    except CttlstmError:
-        return raw
-
-
-def recipe_difference(
-    stored: dict[str, Any], current: dict[str, Any], prefix: str = "", ignore: set[str] | frozenset[str] = frozenset(RESUMABLE_CHANGES)
-) -> str | None:
-    """First key (dotted) whose value differs, ignoring the dotted keys ``ignore`` (by default
-    :data:`RESUMABLE_CHANGES`, what a resume may change)."""
-    for key in sorted(set(stored) | set(current)):
-        path = f"{prefix}{key}"
-        if path in ignore:
-            continue
-        a, b = stored.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = recipe_difference(a, b, path + ".", ignore)
-            if found:
-                return found
-        elif a != b:
-            return path
-    return None
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Distributed:
-    """Rank layout of this process (world size 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    local_world: int = 1  # processes on this machine (they share its cores)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            values = values.to(self.device)
-            dist.all_reduce(values)
-        return values.cpu()
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join the process group torchrun describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``), if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(device=device)
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return Distributed(rank=rank, world=world, device=device, local_world=local_world)
-
-
-# --------------------------------------------------------------------------- random state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator this process uses, as tensors and plain data (a checkpoint's ``rng``; its
-    layout, and what a valid one is, are :class:`~cttlstm_cli.models.checkpoint_schema.RngState`'s)."""
-    return RngState.capture()
-
-
-def set_rng_state(state: RngState) -> None:
-    """Restore what :func:`rng_state` captured, read back through the schema (which is what makes it
-    safe: a validated state sets every generator or, never half of them, fails)."""
-    state.restore()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """Scheduled-sampling draws of optimizer step ``step``: a pure function of (seed, step),
-    so a resumed run draws exactly what an uninterrupted one would."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -388,7 +231,7 @@ class Trainer:
         with none at all (a run stopped before its first one) start from step 0.
 
         A file that cannot be read, or that fails the schema of a training checkpoint (a field missing,
-        of the wrong type or out of range: :func:`~cttlstm_cli.models.checkpoint.validate_checkpoint`),
+        of the wrong type or out of range: :func:`~cttlstm_cli.checkpoint.validate_checkpoint`),
         is damaged, and the next one is tried with a warning. One that references code, or that is
         another run's (:meth:`_check_same_model`), is refused: this project never writes such a file,
         so someone put it there, and another one quietly taken in its place would hide that."""
@@ -461,8 +304,8 @@ class Trainer:
         if diff:
             key = diff.split(".")[1:]
             raise CttlstmError(
-                f"{wrong} a {model_description(asked)} model with {diff} = {_dig(held, key)}, "
-                f"but the recipe asks for {diff} = {_dig(asked, key)}; {advice}"
+                f"{wrong} a {model_description(asked)} model with {diff} = {dig(held, key)}, "
+                f"but the recipe asks for {diff} = {dig(asked, key)}; {advice}"
             )
         # The rest of the recipe too (data.frame_size, the frames, the loss, the batch ...): weights of
         # another frame size fit the same network, and resuming them would rewrite this run's log and
@@ -470,7 +313,7 @@ class Trainer:
         other = recipe_difference(stored, want)
         if other:
             key = other.split(".")
-            raise CttlstmError(f"{wrong} a run with {other} = {_dig(stored, key)}, but this run has {other} = {_dig(want, key)}; {advice}")
+            raise CttlstmError(f"{wrong} a run with {other} = {dig(stored, key)}, but this run has {other} = {dig(want, key)}; {advice}")
         if payload.image_channels != int(self.net.image_channels):
             raise CttlstmError(
                 f"{wrong} a model of {payload.image_channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}"
@@ -931,9 +774,3 @@ def _is_record(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
-
-
-def _dig(tree: Any, keys: list[str]) -> Any:
-    for key in keys:
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
