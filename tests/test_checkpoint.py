@@ -51,6 +51,7 @@ def authors_state_dict(model, layout: str, prefix: str = "") -> dict[str, torch.
     return {k: v.detach().clone() for k, v in out.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["conv3d", "conv2d"])
 @pytest.mark.parametrize("prefix", ["", "module."])
 @pytest.mark.parametrize("ctt_kernel", [None, 1])
@@ -83,6 +84,7 @@ def test_import_authors_convlstm(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded(frames, 2), model(frames, 2))
 
 
+@pytest.mark.slow
 def test_roundtrip_own_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     recipe = Recipe(model=ConvRNNConfig(cell="convlstm_ttd", **SMALL))

@@ -100,6 +100,7 @@ def originals(trained_smoke) -> dict[str, dict]:
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @settings(max_examples=150, **SETTINGS)
 @given(draw=st.data())
 def test_the_schema_and_the_loader_accept_or_name_any_damage(originals, tmp_path: Path, draw: st.DataObject) -> None:
@@ -131,6 +132,7 @@ def test_the_schema_and_the_loader_accept_or_name_any_damage(originals, tmp_path
         assert recipe is not None and not model.training
 
 
+@pytest.mark.slow
 @settings(max_examples=30, **SETTINGS)
 @given(draw=st.data())
 def test_evaluate_of_any_damaged_checkpoint_works_or_is_one_line(cli, trained_smoke, originals, tmp_path: Path, draw: st.DataObject) -> None:
@@ -153,6 +155,7 @@ def test_evaluate_of_any_damaged_checkpoint_works_or_is_one_line(cli, trained_sm
     assert_unchanged(before)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, **SETTINGS)
 @given(draw=st.data())
 def test_resume_from_any_damaged_last_checkpoint_goes_on_or_is_one_line(cli, trained_smoke, originals, tmp_path: Path, draw: st.DataObject) -> None:

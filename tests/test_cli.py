@@ -37,6 +37,7 @@ def test_help_into_a_closed_pipe_has_no_traceback() -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_strict_stdout_prints_non_utf8_paths(trained_smoke, tmp_path) -> None:
     """A terminal whose stdout is strict UTF-8 (PYTHONIOENCODING=utf-8:strict, or a UTF-8 locale without
     Python's UTF-8 mode) used to die with UnicodeEncodeError when a command printed such a path."""

@@ -87,6 +87,7 @@ DAMAGED = st.one_of(wrong_shapes().map(_file_bytes), not_pixels().map(_file_byte
                     too_short().map(_file_bytes), broken_files())  # fmt: skip
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(DAMAGED)
 def test_predict_refuses_every_damaged_clip_in_one_line(cli, trained_smoke, tmp_path: Path, content: bytes) -> None:

@@ -75,6 +75,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return brightness_labelled_dataset(tmp_path_factory.mktemp("cnn3d") / "data")
 
 
+@pytest.mark.slow
 def test_trains_on_cross_entropy_then_evaluates_profiles_and_refuses_predict(cli, labelled: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--set", f"data.path={labelled}", "--set", "data.frame_size=[16,16]"]

@@ -119,6 +119,7 @@ def _md_rows(md: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- the table
 
 
+@pytest.mark.slow
 def test_table_numbers_equal_reports(cli, tmp_path: Path) -> None:
     runs, reports = _three_runs(tmp_path)
     out = tmp_path / "cmp"
@@ -152,6 +153,7 @@ def test_table_numbers_equal_reports(cli, tmp_path: Path) -> None:
     assert printed["rows"] == saved["rows"]
 
 
+@pytest.mark.slow
 def test_flops_from_the_checkpoint_and_profile_time(cli, trained_smoke, tmp_path: Path) -> None:
     """The one real path: a trained smoke run, evaluated, then compared (a combined report counts as two)."""
     from cttlstm_cli.checkpoint import load_model_and_recipe
@@ -191,6 +193,7 @@ def test_flops_from_the_checkpoint_and_profile_time(cli, trained_smoke, tmp_path
     assert labels == ["a", "a #2", "b"]
 
 
+@pytest.mark.slow
 def test_several_reports_in_a_run_pick_one_and_say_so(cli, tmp_path: Path) -> None:
     run = _run(tmp_path, "r", _report(horizons=(5,)))
     _run(tmp_path, "r", _report(horizons=(5, 10), seed=3))
@@ -213,6 +216,7 @@ def test_several_reports_in_a_run_pick_one_and_say_so(cli, tmp_path: Path) -> No
 # --------------------------------------------------------------------------- figures
 
 
+@pytest.mark.slow
 def test_bubble_chart_one_bubble_per_model_area_proportional_to_parameters(cli, tmp_path: Path) -> None:
     runs, reports = _three_runs(tmp_path)
     cmp = build_comparison(runs, flops=False)
@@ -240,6 +244,7 @@ def test_bubble_chart_one_bubble_per_model_area_proportional_to_parameters(cli, 
     assert not (tmp_path / "out" / "bubbles.png").exists() and not (tmp_path / "out" / "per_frame_lpips.png").exists()
 
 
+@pytest.mark.slow
 def test_compare_replaces_and_removes_only_what_it_wrote(cli, tmp_path: Path) -> None:
     from conftest import one_error_line
 
@@ -266,6 +271,7 @@ def test_compare_replaces_and_removes_only_what_it_wrote(cli, tmp_path: Path) ->
     assert not (out / "bubbles.png").exists() and {n: (out / n).read_bytes() for n in mine} == mine
 
 
+@pytest.mark.slow
 def test_per_frame_figure_one_line_per_model_and_horizon(cli, tmp_path: Path) -> None:
     runs, reports = _three_runs(tmp_path)
     figures = per_frame_figures(build_comparison(runs, flops=False))
@@ -285,6 +291,7 @@ def test_per_frame_figure_one_line_per_model_and_horizon(cli, tmp_path: Path) ->
 # --------------------------------------------------------------------------- the paper's rows
 
 
+@pytest.mark.slow
 def test_paper_rows_quoted_mmnist_and_kth(cli, tmp_path: Path) -> None:
     common = {"context": 10, "metrics": ("mse", "psnr", "ssim", "lpips")}
     runs, _ = _three_runs(tmp_path / "m", frame=(64, 64), horizons=(10, 30), **common)
@@ -331,6 +338,7 @@ def test_paper_rows_quoted_mmnist_and_kth(cli, tmp_path: Path) -> None:
     assert max(b.area for b in bubbles) == pytest.approx(MAX_BUBBLE_AREA)  # E3D-LSTM's 41.94M is the largest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw, why",
     [
@@ -563,6 +571,7 @@ def test_activity_from_real_classifier_reports(cli, tmp_path: Path) -> None:
     assert all(r["flops_per_step"] > 0 for r in cmp["rows"])
 
 
+@pytest.mark.slow
 def test_checkpoint_file_finds_its_reports(cli, tmp_path: Path) -> None:
     """A checkpoint named instead of its run: best.pt -> eval-*/, other.pt -> other-eval-*/ (evaluate's defaults)."""
     a = _run(tmp_path, "a", _report())

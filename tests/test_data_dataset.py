@@ -104,6 +104,7 @@ def test_open_dataset_checks_the_recipe(ramps: Path, tmp_path: Path) -> None:
         ClipDataset(ramps, "train", 99)
 
 
+@pytest.mark.slow
 def test_ensure_mmnist_prepares_once(tmp_path: Path, monkeypatch) -> None:
     digits = np.zeros((4, 28, 28), dtype=np.uint8)
     digits[:, 6:22, 6:22] = 180
@@ -122,6 +123,7 @@ def test_ensure_mmnist_prepares_once(tmp_path: Path, monkeypatch) -> None:
     assert train[0].shape == (10, 1, 16, 16)
 
 
+@pytest.mark.slow
 def test_ensure_mmnist_waits_for_a_prepare_in_progress(tmp_path: Path, monkeypatch) -> None:
     # as under torchrun, where every rank calls ensure_mmnist: one prepares, the others wait and use its result
     import cttlstm_cli.data.dataset as dataset_module

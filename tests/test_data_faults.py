@@ -177,6 +177,7 @@ def test_new_shards_carry_checksums(tiny: Path) -> None:
             assert all(f["videos"][k].fletcher32 for k in f["videos"]) and f["lengths"].fletcher32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_test_shard_in_evaluate_is_one_line(cli, tiny, checkpoint, copy_of, tmp_path: Path, how: str) -> None:
     data = copy_of(tiny)
@@ -257,6 +258,7 @@ def test_old_datasets_without_checksums_still_read(tiny: Path, copy_of) -> None:
 # ---------------------------------------------------------------------------- verify
 
 
+@pytest.mark.slow
 def test_verify_finds_every_kind_of_damage(tiny: Path, copy_of) -> None:
     good = verify_dataset(tiny)
     assert good.ok and len(good.shards) == 3 and not good.problems
@@ -679,6 +681,7 @@ def _check_full_disk_result(proc: subprocess.CompletedProcess, out: Path, failin
         assert fmt.shard_entry(out / name)["videos"] > 0
 
 
+@pytest.mark.slow
 def test_full_disk_in_prepare_mmnist_is_one_line_and_keeps_complete_shards(tmp_path: Path, digits: Path) -> None:
     out = tmp_path / "mm"
     # train fits under the limit, val does not: the limit is met mid-way through the prepare
@@ -705,6 +708,7 @@ def _folder_args(src: Path, out: Path) -> list[str]:
     return ["prepare", "folder", str(src), "--out", str(out), "--gray", "--split", "0.1,0.9,0", "-j", "2", "-q"]
 
 
+@pytest.mark.slow
 def test_full_disk_in_prepare_folder_is_one_line_not_a_crash(tmp_path: Path, noise_videos: Path) -> None:
     # this was SIGSEGV (exit 139): HDF5 crashed closing a file after a failed write
     out = tmp_path / "o"
@@ -712,6 +716,7 @@ def test_full_disk_in_prepare_folder_is_one_line_not_a_crash(tmp_path: Path, noi
     _check_full_disk_result(proc, out, "val-00000.h5", {"train-00000.h5"}, "EFBIG: file size limit reached")
 
 
+@pytest.mark.slow
 def test_full_file_system_in_prepare_folder(tmp_path: Path, noise_videos: Path) -> None:
     # A real ENOSPC needs a small file system; a tmpfs needs the right to mount (root in most CI containers).
     mnt = tmp_path / "small"
@@ -729,6 +734,7 @@ def test_full_file_system_in_prepare_folder(tmp_path: Path, noise_videos: Path) 
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_while_a_changed_source_starts_over(tmp_path: Path, noise_videos: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "o"
     shutil.copytree(noise_videos, src)

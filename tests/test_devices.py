@@ -45,6 +45,7 @@ def probe_allocator(mode: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="retain_freed_memory tunes glibc's malloc; other C libraries are left alone")
 def test_retained_memory_stays_in_the_heap_for_reuse() -> None:
     mib24 = 24 << 20

@@ -282,6 +282,7 @@ def _small(data: Path) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
+@pytest.mark.slow
 def test_smoke_recipe_trains_evaluates_predicts_and_profiles(cli, mmnist16: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = cli("train", SMOKE, "--out", run, "--max-steps", "2", "--quiet", "--device", "cpu", *_small(mmnist16))
@@ -308,6 +309,7 @@ def test_smoke_recipe_trains_evaluates_predicts_and_profiles(cli, mmnist16: Path
     assert row["flops_analytic"] and row["flops_per_step"] == row["flops_per_step_counted"]
 
 
+@pytest.mark.slow
 def test_classifier_trains_on_prediction_and_cross_entropy_and_reports_accuracy(cli, tmp_path: Path) -> None:
     data = labelled_dataset(tmp_path / "ssv2", size=16)
     run = tmp_path / "run"

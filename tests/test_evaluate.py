@@ -128,6 +128,7 @@ def test_two_checkpoints_two_rows(cli, trained_smoke, tmp_path: Path) -> None:
     assert "paper convention" in table.out
 
 
+@pytest.mark.slow
 def test_lpips_matches_direct_call(cli, trained_smoke, tmp_path: Path) -> None:
     weights = installed_lpips_weights()
     rep = _json(cli("evaluate", trained_smoke.run, "--metrics", "lpips,mse", "--lpips-weights", weights,

@@ -30,6 +30,8 @@ from cttlstm_cli.training.trainer import Trainer
 from conftest import RECIPES, REPO, assert_training_forward_matches, leave_ddp_worker
 from synthetic import BouncingSquares, brightness_labelled_dataset
 
+pytestmark = pytest.mark.slow  # every family trained, killed, resumed and run under DDP: minutes
+
 SIZE, CONTEXT, FUTURE = 16, 4, 4
 #: the built-in families (plugins installed in this environment are tested by their own packages)
 FAMILIES = [name for name in model_names() if model_class(name).__module__.startswith("cttlstm_cli.")]

@@ -52,6 +52,7 @@ def test_fast_step_api_streams_like_the_reference() -> None:
         torch.testing.assert_close(yf, yr, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_fast_training_gradients_equal_reference_in_float32() -> None:
     """The CPU benchmark's setting in miniature: float32, fwd+bwd over 19 steps, <= 1e-5 relative."""
     fast, ref = pair(dict(cell="convttlstm", ctt_order=3, history=3), dtype=torch.float32)
@@ -71,6 +72,7 @@ def test_channels_last_weights_give_the_same_rollout() -> None:
     torch.testing.assert_close(fast(clips, 3, 4, 1.0), ref(clips, 3, 4, 1.0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fast_training_with_nnpack_convs_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """Wide enough layers and a long enough prefix that the batched input convs take NNPACK."""
     calls = []

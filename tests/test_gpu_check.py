@@ -22,6 +22,8 @@ FAMILIES = {"kth": "convrnn", "mmnist": "convrnn", "predrnnpp": "predrnnpp", "e3
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the whole GPU-check rehearsal on the CPU: about five minutes
+
 
 def run_check(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=600)

@@ -327,6 +327,7 @@ def test_host_going_away_mid_run(server: KthServer, cache: Path, tmp_path: Path,
     assert not (cache / "running.zip").exists()
 
 
+@pytest.mark.slow
 def test_no_download_never_touches_the_network(server: KthServer, cache: Path, tmp_path: Path, cli, monkeypatch) -> None:
     monkeypatch.setenv(kth.MIRROR_ENV, server.url)
     out = tmp_path / "kth"

@@ -93,6 +93,7 @@ def test_wrapper_matches_lpips_forward(lpips_metric) -> None:
     assert acc.report().headline["lpips"] == pytest.approx(float(paper.mean()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_gives_same_model(jax_ckpt: Path, lpips_metric, tmp_path: Path) -> None:
     features = load_alexnet_weights(jax_ckpt)
     full = {f"features.{k}": v for k, v in features.items()}

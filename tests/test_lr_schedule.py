@@ -96,6 +96,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
     return train(tmp_path_factory.mktemp("one-cycle") / "full")
 
 
+@pytest.mark.slow
 def test_resumed_mid_run_equals_uninterrupted(uninterrupted: Trainer, tmp_path: Path) -> None:
     train(tmp_path / "part", max_steps=7)  # mid-epoch 1, on the falling side of the cycle
     resumed = train(tmp_path / "part", resume=True)
@@ -121,6 +122,7 @@ def _train_until_killed(run: str, threads: int, waiting: Any) -> None:
     train(Path(run))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(uninterrupted: Trainer, tmp_path: Path) -> None:
     spawn = multiprocessing.get_context("spawn")
     waiting = spawn.Event()

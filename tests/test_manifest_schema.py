@@ -174,6 +174,7 @@ def test_a_deleted_key_is_refused(damaged, manifest, data) -> None:
     assert line.startswith(f"error: DIR/manifest.json: {_where(path)}: missing"), (path, line)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_a_value_of_another_type_is_refused(damaged, manifest, data) -> None:
@@ -203,6 +204,7 @@ def test_negative_huge_and_nan_numbers_are_refused(damaged, manifest, data) -> N
     assert line.startswith(f"error: DIR/manifest.json: {_where(path)}: expected a ") and line.endswith(f", found {shown}"), line
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_shard_names_that_leave_the_folder_are_refused(damaged, manifest, data) -> None:
@@ -221,6 +223,7 @@ def test_shard_names_that_leave_the_folder_are_refused(damaged, manifest, data) 
     assert line.startswith(f"error: DIR/manifest.json: {where}: expected a shard file name inside the dataset folder"), line
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_another_frame_size_channel_count_or_dtype_is_refused(damaged, manifest, data) -> None:
@@ -239,6 +242,7 @@ def test_another_frame_size_channel_count_or_dtype_is_refused(damaged, manifest,
     assert damaged(edited).startswith(f"error: DIR/manifest.json: {expect}")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_nested_junk_anywhere_is_refused(damaged, manifest, data) -> None:
@@ -252,6 +256,7 @@ def test_nested_junk_anywhere_is_refused(damaged, manifest, data) -> None:
     assert damaged(edited).startswith(f"error: DIR/manifest.json: {_where(path)}: expected ")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(cut=st.integers(min_value=0, max_value=10_000), whole=st.one_of(st.lists(junk, max_size=2), st.text(max_size=5), st.integers()))
 def test_a_cut_or_foreign_file_is_refused(damaged, manifest, cut: int, whole) -> None:

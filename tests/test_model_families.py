@@ -35,6 +35,7 @@ SMOKE = str(RECIPES / "smoke.yaml")
 # -- registry and recipes ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_builtin_family_is_the_default_and_bundled_recipes_name_it() -> None:
     assert "convrnn" in model_names()
     assert isinstance(recipe_from_dict({}).model, ConvRNNConfig)
@@ -256,6 +257,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "site"
 
 
+@pytest.mark.slow
 def test_example_family_from_docs_runs_through_every_command(plugin_site: Path, legacy_data: Path, tmp_path: Path) -> None:
     docs = (REPO / "docs" / "model.md").read_text()
     source = (EXAMPLE / "cttlstm_tiny_family" / "__init__.py").read_text()
@@ -290,6 +292,7 @@ def test_example_family_from_docs_runs_through_every_command(plugin_site: Path, 
     assert row["step_seconds"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body,message",
     [
@@ -308,6 +311,7 @@ def test_a_plugin_that_fails_is_named_in_one_line(tmp_path: Path, body: str, mes
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_plugin_that_breaks_the_contract_writes_nothing(tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(EXAMPLE, src)

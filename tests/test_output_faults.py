@@ -62,6 +62,7 @@ def read_only(tmp_path: Path):
     folder.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_read_only_output_folders_are_one_line(trained_smoke, evaluated: Path, read_only: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.npy"
     np.save(clip, np.zeros((8, 32, 32), dtype=np.uint8))
@@ -80,6 +81,7 @@ def test_read_only_output_folders_are_one_line(trained_smoke, evaluated: Path, r
     assert_unchanged(before)
 
 
+@pytest.mark.slow
 def test_a_read_only_run_folder_is_not_resumed_and_not_changed(trained_smoke, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_smoke.run, run)
@@ -97,6 +99,7 @@ def test_a_read_only_run_folder_is_not_resumed_and_not_changed(trained_smoke, tm
     assert sorted(p for p in run.rglob("*") if p.is_file() and p.name != ".lock") == sorted(before)  # nothing added
 
 
+@pytest.mark.slow
 def test_unreadable_inputs_are_one_line(trained_smoke, tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     shutil.copy(RECIPES / "smoke.yaml", recipe)
@@ -189,6 +192,7 @@ FILE_SIZE_LIMITED = (
 )
 
 
+@pytest.mark.slow
 def test_full_output_folders_are_one_line_and_keep_what_was_there(trained_smoke, evaluated: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.npy"
     np.save(clip, np.zeros((8, 32, 32), dtype=np.uint8))

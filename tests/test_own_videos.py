@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from data_video_helpers import write_video
 
 from conftest import RECIPES
@@ -21,6 +22,7 @@ def _moving_square(t: int, offset: int) -> np.ndarray:
     return frames
 
 
+@pytest.mark.slow
 def test_prepare_folder_train_evaluate_predict(cli, tmp_path: Path) -> None:
     videos = tmp_path / "my videos"
     for k in range(8):

@@ -84,6 +84,7 @@ def test_mp4_and_gif_clips_resized(cli, trained_smoke, frames, tmp_path: Path) -
         assert np.load(out.with_suffix(".npy")).shape == (STEPS, 1, SIZE, SIZE)
 
 
+@pytest.mark.slow
 def test_short_clip_uses_last_frames_and_mp4_output(cli, trained_smoke, frames, tmp_path: Path) -> None:
     clip = tmp_path / "short.npy"
     np.save(clip, frames[:7])  # 7 < 5 + 4: no ground truth; context = frames 3..7

@@ -235,6 +235,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_smoke_recipe_trains_evaluates_predicts_and_profiles(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = ["--set", f"data.path={data}", "--set", "data.frame_size=[16,16]"]

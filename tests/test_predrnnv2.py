@@ -239,6 +239,7 @@ def test_micro_batches_take_the_same_step_as_one_batch() -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_smoke_recipe_trains_on_its_schedule_evaluates_predicts_and_profiles(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = ["--set", f"data.path={data}", "--set", "data.frame_size=[16,16]"]

@@ -44,6 +44,7 @@ def test_analytic_flops_equal_torch_flop_counter(cfg: dict) -> None:
     assert analytic_macs(config, 1, 24, 20) == model.analytic_macs(24, 20) == model.counted_macs(24, 20)
 
 
+@pytest.mark.slow
 def test_profile_json(cli) -> None:
     result = cli("profile", RECIPES / "mmnist.yaml", RECIPES / "mmnist-convlstm.yaml", RECIPES / "kth.yaml", "--no-time", "--json")
     assert result.code == 0, result.err
@@ -106,6 +107,7 @@ def test_profile_bad_input_is_one_line(cli, args: list[str], message: str) -> No
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
 
 
+@pytest.mark.slow
 def test_timed_steps_run_the_model_as_training_would(monkeypatch: pytest.MonkeyPatch) -> None:
     """Profile times the compiled, channels-last model when the recipe trains it that way."""
     seen = []

@@ -144,6 +144,7 @@ def refused(cli, tmp_path: Path):
     return check
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(damaged_recipes())
 def test_every_damaged_recipe_is_one_line_and_changes_nothing(refused, damage: tuple[str, bytes]) -> None:
@@ -160,6 +161,7 @@ def test_every_damaged_recipe_is_one_line_and_changes_nothing(refused, damage: t
         assert expected[kind] in line, line
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.data())
 def test_bad_numbers_through_set_are_refused_like_the_file(cli, tmp_path: Path, data: st.DataObject) -> None:

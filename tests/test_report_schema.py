@@ -38,6 +38,7 @@ def evaluated(trained_smoke: TrainedSmoke, tmp_path_factory: pytest.TempPathFact
     return {name: root / name / "report.json" for name in ("single", "combined")}
 
 
+@pytest.mark.slow
 def test_what_evaluate_writes_validates_and_round_trips(evaluated: dict[str, Path]) -> None:
     single = json.loads(evaluated["single"].read_text())
     assert [h["future_frames"] for h in single["horizons"]] == [3, 5]
@@ -55,6 +56,7 @@ def test_what_evaluate_writes_validates_and_round_trips(evaluated: dict[str, Pat
     assert [r.to_dict() for r in parse_report(combined, evaluated["combined"])] == combined["checkpoints"]
 
 
+@pytest.mark.slow
 def test_metric_that_is_not_finite_is_written_as_null_and_compared_as_dash(
     cli, evaluated: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -212,6 +214,7 @@ def battery(cli, evaluated: dict[str, Path], tmp_path: Path) -> dict[str, Any]:
     return {"bases": bases, "report": tmp_path / "damaged" / "report.json", "out": out, "root": tmp_path}
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

@@ -84,6 +84,7 @@ sys.stdin.read()  # hold it until the test closes stdin or kills this process
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_changes_nothing_and_names_the_holder(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert cli("train", SMOKE, "--out", run, *quick(data, "--max-steps", "2")).code == 0
@@ -108,6 +109,7 @@ def test_a_second_writer_changes_nothing_and_names_the_holder(cli, data: Path, t
     assert read_checkpoint(run / "last.pt")["step"] == 4
 
 
+@pytest.mark.slow
 def test_train_resume_is_refused_while_another_train_writes_and_sigkill_frees_the_folder(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     long_run = ["--set", "train.epochs=1000", "--set", "train.checkpoint_every=1"]
@@ -146,6 +148,7 @@ def _ddp_refused_worker(rank: int, world: int, port: int, out: str, result_dir: 
     leave_ddp_worker()
 
 
+@pytest.mark.slow
 def test_under_ddp_a_locked_folder_stops_every_rank_without_a_deadlock(tmp_path: Path) -> None:
     from cttlstm_cli.locking import RunLock
 
@@ -201,6 +204,7 @@ def _killed_at_step(monkeypatch: pytest.MonkeyPatch, cli, run: Path, args: list[
     (run / f".last.tmp-{os.getpid() + 1}.pt").write_bytes(b"PK\x03\x04 half a checkpoint")
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_restarts(cli, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 4 steps per epoch, the first checkpoint at step 4, a log line every step.
     args = quick(data, "--set", "train.epoch_clips=32", "--set", "train.log_every=1", "--max-steps", "6")
@@ -233,6 +237,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts(cli, data: Path, tmp_
 # -- a full disk -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fails", ["last.pt", "metrics.jsonl"])
 def test_a_full_disk_is_one_line_and_keeps_every_checkpoint_and_the_log(cli, data: Path, tmp_path: Path, fails: str) -> None:
     run = tmp_path / "run"
@@ -471,6 +476,7 @@ def test_a_checkpoint_that_references_code_is_refused_and_never_run(cli, data: P
 # -- the next command --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("validated", [True, False], ids=["best", "no-validation-yet"])
 def test_the_next_command_is_quoted_and_runs(cli, data: Path, tmp_path: Path, validated: bool) -> None:
     run = tmp_path / "my runs" / "smoke [1] it's"

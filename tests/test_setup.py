@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # installs torch into a new environment: minutes
+
 REPO = Path(__file__).resolve().parents[1]
 #: the interpreter under every virtual environment: the "system Python" of the README
 BASE_PYTHON = Path(sys.base_prefix) / "bin" / "python3"

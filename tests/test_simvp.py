@@ -75,6 +75,7 @@ def assert_fast_path_equals_its_reference(config: SimVPConfig, channels: int) ->
     assert calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, params, gmacs", [
     # OpenSTL's own modules for one channel (design §9): 46,769,665 parameters; its model zoo gives
     # 16.5 GFLOPs (fvcore multiply-accumulates) for the 10-frame forward at 64x64.

@@ -17,6 +17,8 @@ import yaml
 
 from conftest import REPO, one_error_line
 
+pytestmark = pytest.mark.slow  # trains, kills and resumes whole suites: minutes
+
 SMOKE_SUITE = REPO / "suites" / "smoke.yaml"
 
 

@@ -112,6 +112,7 @@ def test_impossible_values_are_one_line(cli, bad: str, key: str) -> None:
     assert f"model.{key}" in line
 
 
+@pytest.mark.slow
 def test_smoke_recipe_trains_evaluates_predicts_and_profiles(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = ["--set", f"data.path={data}", "--set", "data.frame_size=[16,16]"]

@@ -33,6 +33,7 @@ def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "data"
 
 
+@pytest.mark.slow
 def test_smoke_training_loss_falls(cli, smoke_data: Path, tmp_path: Path) -> None:
     result = cli("train", SMOKE, "--out", tmp_path / "run", "--set", f"data.path={smoke_data}")
     assert result.code == 0, result.err
@@ -78,6 +79,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp
     assert "train.lr" in one_line_error(SMOKE, "--set", "train.lr=-1")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(smoke_data: Path, tmp_path: Path) -> None:
     proc = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=50")
     last = tmp_path / "run" / "last.pt"
@@ -100,6 +102,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(smoke_data: Path, tmp_path:
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_early_activity_training_from_the_command_line(cli, tmp_path: Path) -> None:
     from cttlstm_cli.data.dataset import EarlyActivityDataset
     from cttlstm_cli.recipe import load_recipe

@@ -50,6 +50,7 @@ class EpochClips(torch.utils.data.Dataset):
         return torch.rand(10, 1, 32, 32, generator=g), torch.tensor([os.getpid(), self.epoch, index])
 
 
+@pytest.mark.slow
 def test_persistent_workers_see_every_epoch_and_resume_mid_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[tuple[int, int, int]]] = []
     to_device = Trainer._to_device
@@ -87,6 +88,7 @@ def test_persistent_workers_see_every_epoch_and_resume_mid_epoch(tmp_path: Path,
         assert torch.equal(value, in_process.net.state_dict()[key]), key
 
 
+@pytest.mark.slow
 def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
     recipe = smoke()
     result = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data()).fit()
@@ -104,6 +106,7 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl", "previous.pt", "recipe.yaml"]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_only_replaced_by_a_better_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
     Trainer(smoke(train__epochs=1), run, torch.device("cpu"), *data(), log=lambda _m: None).fit()
@@ -118,6 +121,7 @@ def test_best_checkpoint_is_only_replaced_by_a_better_one(tmp_path: Path) -> Non
     assert (run / "best.pt").read_bytes() == kept
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     recipe = smoke()
     Trainer(recipe, tmp_path / "full", torch.device("cpu"), *data()).fit()
@@ -139,6 +143,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     assert records("part") == records("full")
 
 
+@pytest.mark.slow
 def test_corrupt_last_falls_back_to_previous(tmp_path: Path) -> None:
     recipe = smoke()
     Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data()).fit(max_steps=9)
@@ -215,6 +220,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
     leave_ddp_worker()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_gloo(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -259,6 +265,7 @@ def test_activity_classifier_shapes_and_loss() -> None:
     assert all(p.grad is not None for p in model.classifier.parameters())
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
     recipe = smoke(train__precision="bf16", train__epochs=2)
     trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data())
@@ -273,6 +280,7 @@ def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
     assert val[-1] < val[0]
 
 
+@pytest.mark.slow
 def test_fp16_with_grad_scaler_saves_and_resumes_scaler_state(tmp_path: Path) -> None:
     recipe = smoke(train__precision="fp16")
     trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data())
@@ -284,6 +292,7 @@ def test_fp16_with_grad_scaler_saves_and_resumes_scaler_state(tmp_path: Path) ->
     assert resumed.scaler.get_scale() == saved["scale"]
 
 
+@pytest.mark.slow
 def test_compile_option_trains_like_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.compile wraps the model in torch.compile with the recipe's mode. Inductor's code
     generation takes about a minute on two cores, so the graph is run by the aot_eager
@@ -375,6 +384,7 @@ def test_ctrl_c_in_the_first_step_stops_at_once_and_saves_nothing(tmp_path: Path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_validation_saves_the_epochs_training_and_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGINT during the first validation: its batch finishes, last.pt holds the epoch's whole training,
     and --resume validates that epoch again and ends where an uninterrupted run ends."""

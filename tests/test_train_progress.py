@@ -136,6 +136,7 @@ def test_a_cpu_epoch_over_an_hour_gets_the_tutorial_note_and_the_run_goes_on(cli
     assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
 
 
+@pytest.mark.slow
 def test_quiet_stays_quiet_while_moving_mnist_is_prepared(cli, tmp_path: Path) -> None:
     """The first use of a Moving-MNIST path prepares it; under --quiet without its bars (they were drawn)."""
     result = cli("train", SMOKE, "--out", tmp_path / "run", "--device", "cpu", "--quiet", "--set", f"data.path={tmp_path / 'data'}",
@@ -165,6 +166,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["step", "data"])
 def test_ctrl_c_before_the_first_step_says_nothing_was_saved(stage: str, trained_smoke, tmp_path: Path) -> None:
     run = tmp_path / "run"
