@@ -76,6 +76,22 @@ def assert_training_forward_matches(
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def field_name(path: tuple) -> str:
+    """A field as the schemas' error lines spell it, written out independently of the code under test:
+    ``splits.train.shards[0]``, ``horizons[0].per_frame.mse``, odd keys quoted (``checksums['a-1.h5']``)."""
+    import re
+
+    text = ""
+    for key in path:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            text += f".{key}" if text else key
+        else:
+            text += f"[{key!r}]"
+    return text
+
+
 def file_snapshot(*roots: Path) -> dict[Path, tuple[int, str]]:
     """Every file under ``roots`` (or the files themselves): ``{path: (mode, sha256)}``, to show that a
     refused command changed nothing that existed before (:func:`assert_unchanged`)."""

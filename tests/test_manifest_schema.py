@@ -28,7 +28,7 @@ from cttlstm_cli.data.dataset import ClipDataset
 from cttlstm_cli.data.manifest import INT64_MAX, validate_manifest
 from cttlstm_cli.errors import CttlstmError
 
-from conftest import assert_unchanged, file_snapshot, one_error_line
+from conftest import assert_unchanged, field_name, file_snapshot, one_error_line
 
 SETTINGS = settings(
     max_examples=50,
@@ -138,19 +138,6 @@ def _set(data: Any, path: tuple, value: Any) -> None:
     _get(data, path[:-1])[path[-1]] = value
 
 
-def _where(path: tuple) -> str:
-    """The documented spelling of a field: ``splits.train.shards[0]``, ``checksums['train-00000.h5'].bytes``."""
-    text = ""
-    for key in path:
-        if isinstance(key, int):
-            text += f"[{key}]"
-        elif re.fullmatch(r"[A-Za-z_]\w*", key):
-            text += f".{key}" if text else key
-        else:
-            text += f"[{key!r}]"
-    return text
-
-
 junk = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=6)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
@@ -171,7 +158,7 @@ def test_a_deleted_key_is_refused(damaged, manifest, data) -> None:
     edited = copy.deepcopy(manifest)
     del _get(edited, path[:-1])[path[-1]]
     line = damaged(edited)
-    assert line.startswith(f"error: DIR/manifest.json: {_where(path)}: missing"), (path, line)
+    assert line.startswith(f"error: DIR/manifest.json: {field_name(path)}: missing"), (path, line)
 
 
 @pytest.mark.slow
@@ -187,7 +174,7 @@ def test_a_value_of_another_type_is_refused(damaged, manifest, data) -> None:
     if path == ("format_version",) and type(value) is int and value > fmt.FORMAT_VERSION:
         assert line == f"error: DIR/manifest.json has format version {value}; this cttlstm reads up to 1, please upgrade"
     else:
-        assert line.startswith(f"error: DIR/manifest.json: {_where(path)}: expected "), (path, value, line)
+        assert line.startswith(f"error: DIR/manifest.json: {field_name(path)}: expected "), (path, value, line)
 
 
 @SETTINGS
@@ -201,7 +188,7 @@ def test_negative_huge_and_nan_numbers_are_refused(damaged, manifest, data) -> N
     _set(edited, path, value)
     line = damaged(edited)
     shown = json.dumps(value)
-    assert line.startswith(f"error: DIR/manifest.json: {_where(path)}: expected a ") and line.endswith(f", found {shown}"), line
+    assert line.startswith(f"error: DIR/manifest.json: {field_name(path)}: expected a ") and line.endswith(f", found {shown}"), line
 
 
 @pytest.mark.slow
@@ -253,7 +240,7 @@ def test_nested_junk_anywhere_is_refused(damaged, manifest, data) -> None:
         value = [value] if kinds[path] == "object" else {"junk": value}
     edited = copy.deepcopy(manifest)
     _set(edited, path, value)
-    assert damaged(edited).startswith(f"error: DIR/manifest.json: {_where(path)}: expected ")
+    assert damaged(edited).startswith(f"error: DIR/manifest.json: {field_name(path)}: expected ")
 
 
 @pytest.mark.slow

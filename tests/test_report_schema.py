@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from cttlstm_cli.evaluation.report import INT64_MAX, CombinedReport, Report, parse_report
 
-from conftest import TrainedSmoke, assert_unchanged, file_snapshot, one_error_line
+from conftest import TrainedSmoke, assert_unchanged, field_name, file_snapshot, one_error_line
 
 Path_ = tuple[Any, ...]
 
@@ -189,19 +188,6 @@ def damaged(draw: st.DrawFn, bases: dict[str, Any]) -> tuple[str, str, Path_, An
     return name, how, at, doc
 
 
-def _field(at: Path_) -> str:
-    """A path as the error line names it: ``horizons[0].per_frame.mse``, odd keys quoted."""
-    out = ""
-    for part in at:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{part!r}]"
-    return out
-
-
 @pytest.fixture
 def battery(cli, evaluated: dict[str, Path], tmp_path: Path) -> dict[str, Any]:
     """The real reports, a folder for damaged copies, and an --out folder holding an earlier comparison
@@ -230,7 +216,7 @@ def test_any_damage_is_one_line_and_changes_nothing(cli, battery: dict[str, Any]
     assert line.startswith(prefix), line
     named = line[len(prefix):].split(": ")[0]
     # the line names the damaged field, a field inside it, or the field that holds it
-    expected = _field(at)
+    expected = field_name(at)
     root_replaced = len(at) <= 1 and named.startswith("not an evaluate report")
     assert named.startswith(expected) or expected.startswith(named) or root_replaced, (name, how, at, line)
     assert_unchanged(before)
