@@ -6,6 +6,7 @@ import ctypes
 import functools
 import os
 import platform
+import re
 
 import torch
 
@@ -81,3 +82,17 @@ def open_device(name: str = "auto") -> torch.device:
     if device.type == "cpu":
         retain_freed_memory()
     return device
+
+
+def is_allocation_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed allocation: torch's CPU allocator raises a plain RuntimeError for it
+    ("DefaultCPUAllocator: can't allocate memory"), CUDA an OutOfMemoryError, Python a MemoryError."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def allocation_size(err: BaseException) -> str:
+    """What a failed allocation asked for, in words (``1,440 GB asked for``), from torch's message."""
+    found = re.search(r"allocate (\d+) bytes", str(err))
+    return f"{int(found.group(1)) / 1e9:,.1f} GB asked for" if found else "out of memory"

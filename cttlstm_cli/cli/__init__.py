@@ -97,7 +97,7 @@ def _run(argv: list[str] | None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: see crash_report
-        from cttlstm_cli.models.registry import allocation_size, is_allocation_failure
+        from cttlstm_cli.devices import allocation_size, is_allocation_failure
 
         if is_allocation_failure(err):  # what fits depends on the machine: the job's size, not a bug
             print(f"error: {OUT_OF_MEMORY} ({allocation_size(err)}); {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)

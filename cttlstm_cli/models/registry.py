@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from cttlstm_cli.devices import available_memory
+from cttlstm_cli.devices import allocation_size, available_memory, is_allocation_failure
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import ModelConfig, VideoModel, like_parameters
 
@@ -206,22 +206,6 @@ def _require_weight_memory(cls: type[VideoModel], config: ModelConfig, image_cha
             f"{need / 1e9:,.1f} GB, and this machine has {free / 1e9:,.1f} GB available; check its widths "
             "(model.channels, model.rank, model.kernel ...)"
         )
-
-
-def is_allocation_failure(err: BaseException) -> bool:
-    """Whether ``err`` is a failed allocation: torch's CPU allocator raises a plain RuntimeError for it
-    ("DefaultCPUAllocator: can't allocate memory"), CUDA an OutOfMemoryError, Python a MemoryError."""
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
-
-
-def allocation_size(err: BaseException) -> str:
-    """What a failed allocation asked for, in words (``1,440 GB asked for``), from torch's message."""
-    import re
-
-    found = re.search(r"allocate (\d+) bytes", str(err))
-    return f"{int(found.group(1)) / 1e9:,.1f} GB asked for" if found else "out of memory"
 
 
 def validate_config(raw: Any) -> Any:

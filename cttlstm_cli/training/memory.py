@@ -22,11 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cttlstm_cli.devices import available_memory
+from cttlstm_cli.devices import allocation_size, available_memory, is_allocation_failure
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models import unwrap
 from cttlstm_cli.models.interface import like_parameters
-from cttlstm_cli.models.registry import allocation_size, is_allocation_failure
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.step import autocast, model_loss
 
