@@ -19,6 +19,7 @@ from rich.text import Text
 from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
 from cttlstm_cli.timing import format_duration
+from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, RunOpened, RunState, StepFinished, TrainingEvent, ValidationBatch
 
 
 def clock_text(seconds: float) -> str:
@@ -85,12 +86,29 @@ class TrainProgress:
     batches), with its clock, ETA, the recent loss and clips/s, and one row for the whole run (its
     clock, ETA, learning rate and teacher forcing); plus one line per finished epoch.
 
-    The ETAs come from the trainer's measured step time (:meth:`Trainer.eta`) and count down live.
-    Off a terminal rich draws no live display: only the epoch lines and the final rows are printed."""
+    A listener of the trainer's :mod:`~cttlstm_cli.training.events`: everything it shows comes from
+    them, the ETAs from the trainer's measured step time, counting down live between events. Off a
+    terminal rich draws no live display: only the epoch lines and the final rows are printed."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.per_epoch = trainer.steps_per_epoch()
-        self.epochs = trainer.recipe.train.epochs
+    def __init__(self) -> None:
+        self.progress: FittedProgress | None = None
+
+    def __call__(self, event: TrainingEvent) -> None:
+        if isinstance(event, FitStarted):
+            self._start(event.state)
+        elif self.progress is None:
+            return
+        elif isinstance(event, StepFinished):
+            self._show(event.state)
+        elif isinstance(event, ValidationBatch):
+            self._validating(event)
+        elif isinstance(event, EpochFinished):
+            self._epoch_done(event.state, event.record)
+        elif isinstance(event, FitEnded):
+            self.progress.stop()
+
+    def _start(self, state: RunState) -> None:
+        self.per_epoch, self.epochs = state.steps_per_epoch, state.epochs
         bar = BarColumn(bar_width=20)
         stretch = Column(no_wrap=True, overflow="ellipsis", min_width=len("loss 0.1234  12.3 clips/s"))
         self.progress = FittedProgress(
@@ -110,67 +128,62 @@ class TrainProgress:
         )
         self.epoch_task = self.progress.add_task("", total=self.per_epoch, count="", stats="", deadline=None)
         self.run_task = self.progress.add_task("overall", total=self.per_epoch * self.epochs, count="", stats="", deadline=None)
-        self._epoch = trainer.epoch
+        self._epoch = state.epoch
         self._epoch_started = self._validation_started = time.monotonic()
-        self._show_epoch(trainer)
-        self.update(trainer, None)
+        self._show_epoch(state)
+        self._show(state)
         self.progress.start()
 
     def _restart_epoch_row(self, description: str, total: int, completed: int, **fields: Any) -> None:
         # reset() replaces all of the row's fields: the others are carried over, so that no
         # refresh in between draws the row without them.
+        assert self.progress is not None
         row = next(t for t in self.progress.tasks if t.id == self.epoch_task)
         self.progress.reset(self.epoch_task, total=total, completed=completed, description=description, **{**row.fields, **fields})
 
-    def _show_epoch(self, trainer: Any) -> None:
-        self._epoch = trainer.epoch
+    def _show_epoch(self, state: RunState) -> None:
+        self._epoch = state.epoch
         self._epoch_started = time.monotonic()
-        self._restart_epoch_row(f"epoch {trainer.epoch + 1}/{self.epochs}", self.per_epoch, trainer.position,
-                                count=f"{trainer.position:,}/{self.per_epoch:,}", deadline=None)
+        self._restart_epoch_row(f"epoch {state.epoch + 1}/{self.epochs}", self.per_epoch, state.position,
+                                count=f"{state.position:,}/{self.per_epoch:,}", deadline=None)
 
-    def update(self, trainer: Any, record: dict[str, Any] | None) -> None:
-        """After a training step (``record``: its metrics line, if one was written) or a validation (its line)."""
-        if record is not None and record.get("kind") == "val":
-            self._epoch_done(trainer, record)
-            return
+    def _show(self, state: RunState) -> None:
+        assert self.progress is not None
         now = time.monotonic()
-        epoch_left, run_left = trainer.eta()
-        if trainer.epoch < self.epochs:  # after the last epoch the row keeps showing its validation
-            if trainer.epoch != self._epoch:
-                self._show_epoch(trainer)
-            step = trainer.clock.step_seconds
-            speed = f"{trainer.recipe.train.batch_size * trainer.dist.world / step:.3g} clips/s" if step else "- clips/s"
-            loss = f"{trainer.recent_loss:.4f}" if trainer.recent_loss is not None else "-"
-            self.progress.update(self.epoch_task, completed=trainer.position, count=f"{trainer.position:,}/{self.per_epoch:,}",
-                                 stats=f"loss {loss}  {speed}", deadline=None if epoch_left is None else now + epoch_left)
-        total = self.per_epoch * self.epochs
-        self.progress.update(self.run_task, completed=trainer.step, count=f"{100 * trainer.step / total:.1f}%",
-                             stats=f"lr {trainer.lr:.2e}  tf {trainer.teacher_forcing:.2f}",
-                             deadline=None if run_left is None else now + run_left)
+        if state.epoch < self.epochs:  # after the last epoch the row keeps showing its validation
+            if state.epoch != self._epoch:
+                self._show_epoch(state)
+            speed = f"{state.clips_per_s:.3g} clips/s" if state.clips_per_s else "- clips/s"
+            loss = f"{state.loss:.4f}" if state.loss is not None else "-"
+            left = state.epoch_seconds_left
+            self.progress.update(self.epoch_task, completed=state.position, count=f"{state.position:,}/{self.per_epoch:,}",
+                                 stats=f"loss {loss}  {speed}", deadline=None if left is None else now + left)
+        left = state.run_seconds_left
+        self.progress.update(self.run_task, completed=state.step, count=f"{100 * state.step / state.total_steps:.1f}%",
+                             stats=f"lr {state.lr:.2e}  tf {state.teacher_forcing:.2f}",
+                             deadline=None if left is None else now + left)
 
-    def validating(self, trainer: Any, done: int, total: int) -> None:
+    def _validating(self, event: ValidationBatch) -> None:
         """Before the first validation batch (``done`` 0) and after each: the epoch row shows the validation."""
-        now = time.monotonic()
+        assert self.progress is not None
+        now, done, total = time.monotonic(), event.done, event.total
         if done == 0:
             self._validation_started = now
-            self._restart_epoch_row(f"val {trainer.epoch + 1}/{self.epochs}", total, 0, count=f"0/{total:,}", stats="", deadline=None)
+            self._restart_epoch_row(f"val {event.epoch + 1}/{self.epochs}", total, 0, count=f"0/{total:,}", stats="", deadline=None)
             return
         left = (now - self._validation_started) / done * (total - done)
         self.progress.update(self.epoch_task, completed=done, count=f"{done:,}/{total:,}", deadline=now + left)
 
-    def _epoch_done(self, trainer: Any, record: dict[str, Any]) -> None:
+    def _epoch_done(self, state: RunState, record: dict[str, Any]) -> None:
         best = " (best so far)" if record["val_loss"] <= record["best_val_loss"] else ""
         took = format_duration(time.monotonic() - self._epoch_started)
-        _, run_left = trainer.eta()
-        left = f", about {format_duration(run_left)} left" if run_left is not None and trainer.epoch < self.epochs else ""
+        run_left = state.run_seconds_left
+        left = f", about {format_duration(run_left)} left" if run_left is not None and state.epoch < self.epochs else ""
         line = f"epoch {record['epoch'] + 1}/{self.epochs}: validation loss {record['val_loss']:.5f}{best}; {took} for the epoch{left}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-        if trainer.epoch < self.epochs:
-            self._show_epoch(trainer)
-        self.update(trainer, None)
-
-    def close(self) -> None:
-        self.progress.stop()
+        if state.epoch < self.epochs:
+            self._show_epoch(state)
+        self._show(state)
 
 
 @app.command(
@@ -204,19 +217,11 @@ def train(
     continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
     writes files.
     """
-    from cttlstm_cli.devices import open_device
     from cttlstm_cli.recipe import load_recipe
-    from cttlstm_cli.training.run import open_trainer
-    from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir
-    from cttlstm_cli.training.trainer import Trainer
+    from cttlstm_cli.training.run import resolve_run_dir, run_training
 
     cfg = load_recipe(resolve_recipe_path(recipe), overrides or [])
-    if out is None:
-        out = newest_run_dir(cfg) if resume else default_run_dir(cfg)
-        if out is None:
-            from cttlstm_cli.errors import CttlstmError
-
-            raise CttlstmError(f"--resume: no run of recipe '{cfg.name}' under runs/; pass --out DIR")
+    out = resolve_run_dir(cfg, out, resume)
     main_rank = int(os.environ.get("RANK", "0")) == 0
 
     def say(line: str) -> None:
@@ -224,53 +229,37 @@ def train(
         # and each stays one line (not wrapped at the terminal's width), like the error lines.
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    status = None if quiet or not main_rank else say
-    same = train_command(recipe, out, resume, device, max_steps, quiet, overrides)
-    go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides)
-    trainer: Trainer | None = None
-    preparing: Path | None = None
+    bar = None if quiet else TrainProgress()
 
-    def phase(name: str, data_path: Path) -> None:
-        nonlocal preparing
-        preparing = data_path if name == "preparing" else None
-        if status is None:
-            return
-        if name == "preparing":
-            status(f"preparing Moving-MNIST in {data_path} (first use; once only)…")
-        elif name == "opening":
-            status(f"opening the datasets in {data_path}…")
-        elif name == "building":
-            status("building the model…")
+    def show(event: TrainingEvent) -> None:
+        if isinstance(event, RunOpened):
+            where = f"resuming {event.resumed_from} at step {event.step}" if event.resumed_from else f"run directory {event.run_dir}"
+            console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {event.train_clips:,} clips/epoch, "
+                          f"{event.val_clips:,} validation clips, device {event.device}", soft_wrap=True)
+        elif bar is not None:
+            bar(event)
 
-    try:
-        dev = open_device(device)
-        bar = None if quiet else TrainProgress
-        trainer = open_trainer(cfg, out, dev, resume=resume, progress=bar, log=say, status=status, phase=phase, console=None if quiet else console)
-        train_set, val_set = trainer.train_set, trainer.val_set
-        if trainer.dist.is_main:
-            where = f"resuming {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from else f"run directory {out}"
-            console.print(f"[bold]{escape(cfg.name)}[/]: {escape(where)}; {len(train_set):,} clips/epoch, {len(val_set):,} validation clips, device {trainer.device}", soft_wrap=True)
-        result = trainer.fit(max_steps=max_steps)
-    except KeyboardInterrupt:
-        if main_rank:
-            err_console.print(interrupted_line(out, same, go_on, trainer, None, preparing), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    if not trainer.dist.is_main:
+    result = run_training(cfg, out, resume=resume, device=device, max_steps=max_steps, events=show, log=say,
+                          status=None if quiet or not main_rank else say, console=None if quiet else console)
+    if not main_rank:
         return
     if result.interrupted:
-        err_console.print(interrupted_line(out, same, go_on, trainer, result, None), markup=False, highlight=False, soft_wrap=True)
+        same = train_command(recipe, out, resume, device, max_steps, quiet, overrides)
+        go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides)
+        err_console.print(interrupted_line(out, same, go_on, result), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
-    run = trainer.run
-    saved = [f"{path} ({label})" for path, label in ((run.best, "best"), (run.last, "last")) if path.is_file()]
+    run_dir = result.run_dir
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    saved = [f"{path} ({label})" for path, label in ((best, "best"), (last, "last")) if path.is_file()]
     lines = [
         f"epochs {result.epochs}, optimizer steps {result.steps}",
         f"best validation loss {result.best_val_loss:.5f} (epoch {result.best_epoch + 1})" if result.best_epoch >= 0 else "no validation yet",
         f"checkpoints: {', '.join(saved) or 'none'}",
-        f"log: {run.metrics}",
+        f"log: {run_dir / 'metrics.jsonl'}",
     ]
     console.print(Panel(escape("\n".join(lines)), title=escape(f"trained {cfg.name}"), expand=False))
     # Outside the panel and never wrapped, so that it copies and pastes as one command.
-    console.print(f"next: {next_command(run.root, run.best.is_file())}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"next: {next_command(run_dir, best.is_file())}", soft_wrap=True, markup=False, highlight=False)
 
 
 def train_command(
@@ -292,22 +281,20 @@ def train_command(
     return shlex.join(args)
 
 
-def interrupted_line(out: Path, command: str, go_on: str, trainer: Any, result: Any, preparing: Path | None) -> str:
+def interrupted_line(out: Path, command: str, go_on: str, result: Any) -> str:
     """The one line a Ctrl-C ends with: what was saved, and the command that goes on from there.
 
     ``command`` is the interrupted command and ``go_on`` the same with ``--resume``
-    (:func:`train_command`); ``trainer`` None when it was interrupted before the trainer existed,
-    ``result`` the interrupted fit's when it returned one, ``preparing`` the data folder when it
-    was interrupted while preparing it."""
-    if preparing is not None:
-        return (f"interrupted while preparing the data in {preparing}: nothing saved in {out}; the finished parts "
+    (:func:`train_command`); ``result`` the interrupted run's
+    :class:`~cttlstm_cli.training.trainer.TrainResult`."""
+    if result.preparing is not None:
+        return (f"interrupted while preparing the data in {result.preparing}: nothing saved in {out}; the finished parts "
                 f"of the data are kept, and the same command goes on from them: {command}")
-    if result is not None and result.saved is not None:
+    if result.saved is not None:
         return f"interrupted: saved {result.saved} at step {result.steps}; continue with: {go_on}"
-    when = "before the first optimizer step" if trainer is None or trainer.session_steps == 0 else f"after optimizer step {trainer.step}"
-    kept = trainer.last_saved_step() if trainer is not None else None
-    if kept is not None:
-        return f"interrupted {when}: nothing new saved; {trainer.run.last} (step {kept}) is kept; continue with: {go_on}"
+    when = "before the first optimizer step" if result.session_steps == 0 else f"after optimizer step {result.steps}"
+    if result.kept_step is not None:
+        return f"interrupted {when}: nothing new saved; {out / 'last.pt'} (step {result.kept_step}) is kept; continue with: {go_on}"
     if command == go_on:  # --resume, interrupted before the trainer changed anything in the run
         return f"interrupted {when}: nothing saved; {out} is as it was; continue with: {command}"
     return f"interrupted {when}: nothing saved; {out} can be restarted with the same command: {command}"

@@ -1,13 +1,19 @@
-"""Everything ``cttlstm train`` does before the first optimizer step, as one library call.
+"""``cttlstm train`` as library calls: :func:`run_training` does all that the command does (the
+run folder, the device, first-use data, the trainer, the loop), and :func:`open_trainer` everything
+before the first optimizer step, for a caller that drives :meth:`Trainer.fit` itself.
 
-:func:`open_trainer` is shared by the ``train`` command and ``cttlstm suite``: it refuses a run
-directory in use before any data is touched, checks that the model family takes the recipe's
-frames, prepares Moving-MNIST on first use, opens the datasets and builds the :class:`Trainer`
-(which loads ``last.pt`` when resuming). The caller then runs :meth:`Trainer.fit`.
+The command only parses its options, calls :func:`run_training` and prints; ``cttlstm suite``
+opens its runs with :func:`open_trainer`. In a notebook::
+
+    from cttlstm_cli.recipe import load_recipe
+    from cttlstm_cli.training.run import run_training
+
+    result = run_training(load_recipe("recipes/tutorial.yaml"), out=Path("runs/tutorial"))
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +21,34 @@ from typing import Any
 
 import torch
 
+from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.training.events import Listener, RunOpened
+from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir
 
 #: ``phase(name, data_path)`` before each slow phase: "preparing" (Moving-MNIST's first use),
 #: "opening" (the datasets), "building" (the model and the trainer), "ready" (the trainer exists)
 PhaseFn = Callable[[str, Path], None]
+
+#: what ``status`` hears as each slow phase of :func:`run_training` begins
+PHASE_LINES = {
+    "preparing": "preparing Moving-MNIST in {path} (first use; once only)…",
+    "opening": "opening the datasets in {path}…",
+    "building": "building the model…",
+}
+
+
+def resolve_run_dir(recipe: Recipe, out: Path | None, resume: bool, root: Path = Path("runs")) -> Path:
+    """The run folder: ``out`` when given; else, to resume, the newest run of the recipe under
+    ``root``, and for a new run ``root/<recipe>-<timestamp>``."""
+    if out is not None:
+        return out
+    if not resume:
+        return default_run_dir(recipe, root)
+    newest = newest_run_dir(recipe, root)
+    if newest is None:
+        raise CttlstmError(f"--resume: no run of recipe '{recipe.name}' under {root}/; pass --out DIR")
+    return newest
 
 
 def open_trainer(
@@ -28,7 +57,7 @@ def open_trainer(
     device: torch.device,
     *,
     resume: bool = False,
-    progress: Callable[[Any], Any] | None = None,
+    events: Listener | None = None,
     log: Callable[[str], None] = print,
     status: Callable[[str], None] | None = None,
     phase: PhaseFn | None = None,
@@ -37,7 +66,7 @@ def open_trainer(
     """A :class:`~cttlstm_cli.training.trainer.Trainer` for ``recipe`` in run directory ``out``,
     ready to :meth:`~cttlstm_cli.training.trainer.Trainer.fit`.
 
-    ``progress``, ``log`` and ``status`` go to the trainer (see its docstring); ``console`` (a rich
+    ``events``, ``log`` and ``status`` go to the trainer (see its docstring); ``console`` (a rich
     console) shows Moving-MNIST's preparation; ``phase`` hears of each slow phase (:data:`PhaseFn`).
     Raises :class:`~cttlstm_cli.errors.CttlstmError` for a run directory in use, frames the model
     cannot take and everything the trainer refuses, before anything is written.
@@ -62,9 +91,68 @@ def open_trainer(
     tell("preparing" if first_use else "opening", data_path)  # open_training_data prepares Moving-MNIST on first use
     train_set, val_set = open_training_data(recipe, console=console)
     tell("building", data_path)
-    trainer = Trainer(recipe, out, device, train_set, val_set, resume=resume, progress=progress, log=log, status=status)
+    trainer = Trainer(recipe, out, device, train_set, val_set, resume=resume, events=events, log=log, status=status)
     tell("ready", data_path)
     return trainer
 
 
-__all__ = ["PhaseFn", "open_trainer"]
+def run_training(
+    recipe: Recipe,
+    out: Path | None = None,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "auto",
+    max_steps: int | None = None,
+    events: Listener | None = None,
+    log: Callable[[str], None] = print,
+    status: Callable[[str], None] | None = None,
+    console: Any = None,
+) -> Any:
+    """Train ``recipe`` into ``out`` (default: :func:`resolve_run_dir`) and return the
+    :class:`~cttlstm_cli.training.trainer.TrainResult`.
+
+    ``device``: a torch device or a ``--device`` name ("auto", "cpu", "cuda:1", ...). ``events``
+    hears :class:`~cttlstm_cli.training.events.RunOpened` once the run is open, then the trainer's
+    events; ``status`` a line as each slow phase begins (:data:`PHASE_LINES`) and the trainer's
+    status lines; ``log`` its notes and warnings. A Ctrl-C anywhere returns a result with
+    ``interrupted`` set (what was saved, or what is kept: see its fields) instead of raising.
+    Everything refused is a :class:`~cttlstm_cli.errors.CttlstmError`, raised before anything is written.
+    """
+    from cttlstm_cli.devices import open_device
+    from cttlstm_cli.training.trainer import TrainResult
+
+    run_dir = resolve_run_dir(recipe, out, resume)
+    trainer: Any = None
+    preparing: Path | None = None
+
+    def phase(name: str, data_path: Path) -> None:
+        nonlocal preparing
+        preparing = data_path if name == "preparing" else None
+        if status is not None and name in PHASE_LINES:
+            status(PHASE_LINES[name].format(path=data_path))
+
+    try:
+        dev = device if isinstance(device, torch.device) else open_device(device)
+        trainer = open_trainer(recipe, run_dir, dev, resume=resume, events=events, log=log, status=status, phase=phase, console=console)
+        if events is not None and trainer.dist.is_main:
+            events(RunOpened(run_dir, trainer.resumed_from, trainer.step, len(trainer.train_set), len(trainer.val_set), str(trainer.device)))
+        return trainer.fit(max_steps=max_steps)
+    except KeyboardInterrupt:
+        if trainer is None:
+            return TrainResult(run_dir=run_dir, epochs=0, steps=0, best_val_loss=math.inf, best_epoch=-1, interrupted=True, preparing=preparing)
+        trainer.close()
+        return TrainResult(
+            run_dir=run_dir,
+            epochs=trainer.epoch,
+            steps=trainer.step,
+            best_val_loss=trainer.schedule.best_loss,
+            best_epoch=trainer.schedule.best_epoch,
+            interrupted=True,
+            resumed_from=trainer.resumed_from,
+            notes=trainer.notes,
+            session_steps=trainer.session_steps,
+            kept_step=trainer.run.last_saved_step(),
+        )
+
+
+__all__ = ["PHASE_LINES", "PhaseFn", "open_trainer", "resolve_run_dir", "run_training"]

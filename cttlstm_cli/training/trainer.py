@@ -15,9 +15,7 @@ returns (or :meth:`Trainer.close`); under DDP only rank 0 takes it.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -27,31 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cttlstm_cli.atomic import NoSpaceError, no_space_as_error, write_text_atomic
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
-from cttlstm_cli.checkpoint import (
-    CheckpointRefusedError,
-    model_description,
-    optimizer_state_mismatch,
-    read_checkpoint,
-    save_checkpoint,
-    state_dict_mismatch,
-    validate_checkpoint,
-)
-from cttlstm_cli.checkpoint_schema import ScheduleState, TrainingCheckpoint
+from cttlstm_cli.checkpoint import optimizer_state_mismatch
+from cttlstm_cli.checkpoint_schema import TrainingCheckpoint
 from cttlstm_cli.timing import StepClock, slow_epoch_note, speed_line
-from cttlstm_cli.recipe import Recipe, read_yaml
+from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.distributed import setup_distributed
+from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, Listener, RunState, StepFinished, TrainingEvent, ValidationBatch
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.rng import rng_state, seed_everything, set_rng_state, step_generator
-from cttlstm_cli.training.run_folder import RunDir, comparable_recipe, dig, recipe_difference
-from cttlstm_cli.locking import RunLock
+from cttlstm_cli.training.run_folder import RunFolder
 from cttlstm_cli.training.schedule import PlateauSchedule, one_cycle
 from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
 
@@ -78,6 +66,12 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     #: the checkpoint an interrupted run wrote as it stopped (None: nothing new was saved, see :meth:`Trainer.fit`)
     saved: Path | None = None
+    #: optimizer steps this session did (``steps`` counts the resumed ones too)
+    session_steps: int = 0
+    #: where an interrupted run that saved nothing new stands: the step its ``last.pt`` holds (None: none)
+    kept_step: int | None = None
+    #: the data folder a run interrupted while preparing its data was preparing (see :func:`~cttlstm_cli.training.run.run_training`)
+    preparing: Path | None = None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -92,11 +86,9 @@ class Trainer:
     - ``status(line)``: a short line before each slow phase (the first optimizer step, which also
       measures the speed), the measured speed and its estimate of the epoch and the run, and the
       acknowledgement of a first Ctrl-C; None for a quiet run;
-    - ``progress(trainer)``: a factory, called as :meth:`fit` starts, of an object with
-      ``update(trainer, record)`` after every optimizer step (``record`` is the metrics line written
-      at that step, else None) and after every validation (its ``kind: val`` line),
-      ``validating(trainer, done, total)`` before and after each validation batch, and ``close()``.
-      :meth:`eta` gives it the time left.
+    - ``events(event)``: the :mod:`~cttlstm_cli.training.events` of :meth:`fit` (its start, every
+      optimizer step, validation batch and epoch end, and its end), each with a snapshot of where the
+      run stands and the time left: what a progress display shows.
     """
 
     def __init__(
@@ -107,20 +99,19 @@ class Trainer:
         train_set: Dataset,
         val_set: Dataset,
         resume: bool = False,
-        progress: Callable[[Trainer], Any] | None = None,
+        events: Listener | None = None,
         log: Callable[[str], None] = print,
         status: Callable[[str], None] | None = None,
     ) -> None:
         self.recipe = recipe
-        self.run = RunDir(Path(run_dir))
         self.dist = setup_distributed(device)
         self.device = self.dist.device
         self.train_set, self.val_set = train_set, val_set
         self.log = log if self.dist.is_main else (lambda _msg: None)
         self.status = status if self.dist.is_main else None
-        self.progress_factory = progress
+        self._listener = events if self.dist.is_main else None
         self.clock = StepClock()
-        self.recent_loss: float | None = None  # the training loss the progress display shows
+        self._recent_loss: float | None = None  # the latest training loss on the host, for the events
         self._session_steps = 0  # optimizer steps done by this fit()
         self._torn = False  # True while a step or an epoch end is changing the state: not saveable
         self._slow_note_due = False
@@ -145,120 +136,37 @@ class Trainer:
         self.epoch, self.step, self.position = 0, 0, 0
         self.resumed_from: Path | None = None
         self.notes: list[str] = []
-        self._tensorboard = None
-        self._lock = RunLock(self.run.root)
-        self._locked = False  # on every rank: whether rank 0 holds the lock for this trainer
-        if resume and not self.run.recipe.is_file():  # before the lock, which would create the folder
+        self.run = RunFolder(Path(run_dir), recipe, self.dist, note=self._note, warn=self._warn)
+        if resume and not self.run.recipe_file.is_file():  # before the lock, which would create the folder
             raise CttlstmError(f"--resume: {self.run.root} holds no run (no recipe.yaml)")
         try:
-            with self._disk_full_context():
-                self._take_lock()
-                self._prepare_run_dir(resume)
+            with self.run.disk_full_context():
+                self.run.acquire()
+                found = self.run.start(resume, self.net)
+                if found is not None:
+                    self.resumed_from = found[0]
+                    self._restore(*found)
+                if resume:
+                    self.run.resumed(self.step)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
         """Release the run directory's lock (:meth:`fit` does it when it returns); idempotent."""
-        self._lock.release()
-        self._locked = False
-
-    def _take_lock(self) -> None:
-        """Rank 0 locks the run directory; every rank learns whether it could, so that a refused
-        rank 0 never leaves the others waiting in a collective."""
-        error: CttlstmError | None = None
-        if self.dist.is_main:
-            try:
-                self._lock.acquire()
-            except CttlstmError as err:
-                error = err
-        if self.dist.world > 1:
-            refused = self.dist.all_sum(torch.tensor([0.0 if error is None else 1.0]))
-            if error is None and float(refused[0]) > 0:
-                error = CttlstmError(f"rank 0 could not lock {self.run.root} (see its message); no rank trains")
-        if error is not None:
-            raise error
-        self._locked = True
-
-    # -- run directory -------------------------------------------------------------------------
-
-    def _prepare_run_dir(self, resume: bool) -> None:
-        """Check the run directory against the recipe and make it ready: load the checkpoint to
-        resume, or write the recipe of a new run. Runs with the lock held (rank 0)."""
-        run = self.run
-        current = self.recipe.to_dict()
-        if resume:
-            stored = comparable_recipe(read_yaml(run.recipe) or {}, str(run.recipe))
-            diff = recipe_difference(stored, current)
-            if diff:
-                raise CttlstmError(f"--resume: the recipe differs from the run in {run.root} at '{diff}'; start a new run with another --out")
-            self._load_last()
-            self._remove_stale_temporaries()
-            return
-        if run.has_checkpoint():
-            raise CttlstmError(f"--out {run.root} already holds a run; pass --resume to continue it or choose another --out")
-        # A folder with a recipe or a log but no checkpoint is a run stopped before its first
-        # checkpoint: nothing in it is worth keeping, and it is not locked (we hold the lock).
-        partial = [p.name for p in (run.recipe, run.metrics) if p.exists()] + [p.name for p in run.root.glob("events.out.tfevents.*")]
-        if partial:
-            self._note(f"{run.root} holds a run that stopped before its first checkpoint; starting afresh over it ({', '.join(partial)} replaced)")
-        self.dist.barrier()  # every rank has looked before rank 0 writes
-        if self.dist.is_main:
-            with no_space_as_error(run.recipe):
-                write_text_atomic(run.recipe, yaml.safe_dump(current, sort_keys=False))
-            run.metrics.unlink(missing_ok=True)
-            for events in run.root.glob("events.out.tfevents.*"):
-                events.unlink(missing_ok=True)
-            self._remove_stale_temporaries()
-        self.dist.barrier()
+        self.run.release()
 
     def _note(self, line: str) -> None:
         self.notes.append(line)
         self.log(f"note: {line}")
 
+    def _warn(self, line: str) -> None:
+        self.notes.append(line)
+        self.log(f"warning: {line}")
+
     def _say(self, line: str) -> None:
         if self.status is not None:
             self.status(line)
-
-    def _remove_stale_temporaries(self) -> None:
-        # Holding the lock, no other writer can be half-way through a write here.
-        if self.dist.is_main and self.run.root.is_dir():
-            for tmp in self.run.stale_temporaries():
-                tmp.unlink(missing_ok=True)
-
-    def _load_last(self) -> None:
-        """Load the newest usable checkpoint: ``last.pt``, else ``previous.pt``, else ``best.pt``;
-        with none at all (a run stopped before its first one) start from step 0.
-
-        A file that cannot be read, or that fails the schema of a training checkpoint (a field missing,
-        of the wrong type or out of range: :func:`~cttlstm_cli.checkpoint.validate_checkpoint`),
-        is damaged, and the next one is tried with a warning. One that references code, or that is
-        another run's (:meth:`_check_same_model`), is refused: this project never writes such a file,
-        so someone put it there, and another one quietly taken in its place would hide that."""
-        candidates = [p for p in self.run.checkpoints if p.exists()]
-        if not candidates:
-            self._note(f"{self.run.root} holds no checkpoint yet (the run stopped before its first one); starting from step 0 with its stored recipe")
-            self._truncate_metrics(0)
-            return
-        payload: TrainingCheckpoint | None = None
-        for i, path in enumerate(candidates):
-            try:
-                payload = validate_checkpoint(read_checkpoint(path), path, training=True)  # type: ignore[assignment]
-            except CheckpointRefusedError:
-                raise  # not ours to skip quietly: someone put it there
-            except CttlstmError as err:
-                after = f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no other checkpoint to fall back to"
-                self.notes.append(f"{path.name} is unusable ({err}); {after}")
-                self.log(f"warning: {self.notes[-1]}")
-                continue
-            self.resumed_from = path
-            break
-        if payload is None or self.resumed_from is None:
-            names = " and ".join(p.name for p in candidates)
-            raise CttlstmError(f"--resume: no usable checkpoint in {self.run.root} ({names} unreadable, damaged or not training checkpoints)")
-        self._check_same_model(self.resumed_from, payload)
-        self._restore(self.resumed_from, payload)
-        self._truncate_metrics(self.step)
 
     def _restore(self, path: Path, payload: TrainingCheckpoint) -> None:
         """Put the training state of ``payload`` (valid, and this run's) into the trainer. What the schema
@@ -290,46 +198,6 @@ class Trainer:
         self.epoch, self.step, self.position = payload.epoch, payload.step, payload.position
         set_rng_state(payload.rng)
 
-    def _check_same_model(self, path: Path, payload: TrainingCheckpoint) -> None:
-        """Refuse, in one line, a checkpoint of another model family, width or frame channels
-        (one copied into the run folder by hand): load_state_dict would print a line per tensor."""
-        want = self.recipe.to_dict()
-        stored = payload.recipe.to_dict()  # today's keys and defaults, as comparable_recipe gives
-        held, asked = stored["model"], want["model"]
-        wrong = f"--resume: {path} is not a checkpoint of this run: it holds"
-        advice = "put the run's own checkpoint back, or start a new run with another --out"
-        if model_description(held) != model_description(asked):
-            raise CttlstmError(f"{wrong} a {model_description(held)} model, but the recipe asks for a {model_description(asked)} model; {advice}")
-        diff = recipe_difference(held, asked, "model.")
-        if diff:
-            key = diff.split(".")[1:]
-            raise CttlstmError(
-                f"{wrong} a {model_description(asked)} model with {diff} = {dig(held, key)}, "
-                f"but the recipe asks for {diff} = {dig(asked, key)}; {advice}"
-            )
-        # The rest of the recipe too (data.frame_size, the frames, the loss, the batch ...): weights of
-        # another frame size fit the same network, and resuming them would rewrite this run's log and
-        # best.pt with another run's numbers. A resume may change only RESUMABLE_CHANGES.
-        other = recipe_difference(stored, want)
-        if other:
-            key = other.split(".")
-            raise CttlstmError(f"{wrong} a run with {other} = {dig(stored, key)}, but this run has {other} = {dig(want, key)}; {advice}")
-        if payload.image_channels != int(self.net.image_channels):
-            raise CttlstmError(
-                f"{wrong} a model of {payload.image_channels}-channel frames, but the recipe asks for {self.net.image_channels}; {advice}"
-            )
-        problem = state_dict_mismatch(self.net, payload.model)
-        if problem is not None:
-            raise CttlstmError(f"--resume: {path}: the weights do not fit the recipe's {model_description(asked)} model: {problem}")
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from, so the log reads as one run."""
-        if not self.dist.is_main or not self.run.metrics.exists():
-            return
-        keep = [ln for ln in self.run.metrics.read_text().splitlines() if _is_record(ln) and json.loads(ln).get("step", 0) <= step]
-        with no_space_as_error(self.run.metrics):
-            write_text_atomic(self.run.metrics, "".join(ln + "\n" for ln in keep))
-
     def save(self, path: Path | None = None) -> None:
         """Write ``last.pt`` (keeping the previous one as ``previous.pt``), or ``path``; refuses
         (:class:`DivergedError`) weights that are no longer finite, so no checkpoint ever holds them."""
@@ -337,7 +205,7 @@ class Trainer:
             return
         if not bool(torch.stack([p.isfinite().all() for p in self.net.parameters()]).all()):  # one device sync
             raise self._diverged("the weights are no longer finite")
-        extra = dict(
+        state = dict(
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None,
             schedule=self.schedule.state_dict(),
@@ -346,56 +214,7 @@ class Trainer:
             position=self.position,
             rng=rng_state(),
         )
-        if path is None:
-            # last.pt becomes previous.pt only once the new last.pt is complete: a failed write
-            # (a full disk) keeps both as they were.
-            save_checkpoint(self.run.last, self.net, self.recipe, keep_previous_as=self.run.previous, **extra)
-        else:
-            save_checkpoint(path, self.net, self.recipe, **extra)
-
-    def _better_than_best_on_disk(self, val_loss: float) -> bool:
-        """Whether ``val_loss`` beats the validation loss ``best.pt`` holds (True when there is none, or
-        it records none): a ``best.pt`` is only ever replaced by a better one, whatever put it there."""
-        if not self.dist.is_main or not self.run.best.is_file():
-            return True
-        try:  # mmap: only the schedule is read (and checked, as every read of a checkpoint is), not the weights
-            held = torch.load(self.run.best, map_location="cpu", weights_only=True, mmap=True)["schedule"]
-            return val_loss < ScheduleState.model_validate(held).best_loss
-        except Exception:  # noqa: BLE001 - an unreadable best.pt, or one without a valid record, is no better than this one
-            return True
-
-    def write_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl``; a line that cannot be written whole is taken
-        back out, so the log never ends in half a record."""
-        if not self.dist.is_main:
-            return
-        line = (json.dumps(record) + "\n").encode()
-        with no_space_as_error(self.run.metrics):
-            fd = os.open(self.run.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                start = os.lseek(fd, 0, os.SEEK_END)
-                rest = memoryview(line)
-                try:
-                    while rest:  # a write may be short just before the disk (or file-size limit) is full
-                        rest = rest[os.write(fd, rest) :]
-                except OSError:
-                    os.ftruncate(fd, start)
-                    raise
-            finally:
-                os.close(fd)
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self._tensorboard.add_scalar(f"{record.get('kind', 'train')}/{key}", value, record["step"])
-
-    def _open_tensorboard(self) -> None:
-        if not self.dist.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return
-        self._tensorboard = SummaryWriter(str(self.run.root))
+        self.run.save(self.net, state, path)
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -482,6 +301,29 @@ class Trainer:
             raise CttlstmError("the validation split yields no clips; prepare more validation data or lower data.input_frames/future_frames")
         return float(totals[0] / totals[1])
 
+    def _emit(self, event: Callable[[], TrainingEvent]) -> None:
+        """Send ``event()`` to the listener; built only when there is one (a state costs a little every step)."""
+        if self._listener is not None:
+            self._listener(event())
+
+    def state(self) -> RunState:
+        """Where the run stands now, as the events carry it."""
+        epoch_left, run_left = self.eta()
+        step = self.clock.step_seconds
+        return RunState(
+            epoch=self.epoch,
+            epochs=self.recipe.train.epochs,
+            position=self.position,
+            steps_per_epoch=self.steps_per_epoch(),
+            step=self.step,
+            loss=self._recent_loss,
+            lr=self.lr,
+            teacher_forcing=self.teacher_forcing,
+            clips_per_s=self.recipe.train.batch_size * self.dist.world / step if step else None,
+            epoch_seconds_left=epoch_left,
+            run_seconds_left=run_left,
+        )
+
     def eta(self) -> tuple[float | None, float | None]:
         """Seconds left of this epoch's training steps and of the whole run (its steps and validations),
         from :attr:`clock`; None before the first step has been timed."""
@@ -498,33 +340,32 @@ class Trainer:
         (``saved``); before the first step has finished, or at a second Ctrl-C, it stops at once and
         saves nothing new (``saved`` None; ``last.pt``, if any, is left as it was)."""
         cfg = self.recipe.train
-        if not self._locked:  # a second fit() of this trainer
-            self._take_lock()
+        if not self.run.locked:  # a second fit() of this trainer
+            self.run.acquire()
         try:
             steps_per_epoch = self.steps_per_epoch()
             if steps_per_epoch == 0:
                 raise CttlstmError(f"train.epoch_clips ({cfg.epoch_clips}) is smaller than one batch per process ({cfg.batch_size} x {self.dist.world})")
-            with self._disk_full_context():
+            with self.run.disk_full_context():
                 return self._fit(steps_per_epoch, max_steps)
         finally:
             self.close()
 
     def _fit(self, steps_per_epoch: int, max_steps: int | None) -> TrainResult:
         cfg = self.recipe.train
-        self._open_tensorboard()
+        self.run.open_log()
         self.model.train()
         interrupted, saved = False, None
         self._session_steps, self._torn, self._stop_requested = 0, False, False
         self.clock = StepClock()
         self._one_cycle = one_cycle(self.optimizer, cfg, steps_per_epoch * cfg.epochs, self.step)
-        bar = self.progress_factory(self) if (self.progress_factory and self.dist.is_main) else None
-        self._bar = bar
+        self._emit(lambda: FitStarted(self.state()))
         try:
             with self._stop_at_step_boundary():
                 while self.epoch < cfg.epochs:
                     if max_steps is not None and self.step >= max_steps:
                         break
-                    self._train_epoch(steps_per_epoch, bar, max_steps)
+                    self._train_epoch(steps_per_epoch, max_steps)
                     if max_steps is not None and self.position < steps_per_epoch:
                         break
                     self._end_epoch()
@@ -537,11 +378,8 @@ class Trainer:
                 self.save()
                 saved = self.run.last
         finally:
-            self._bar = None
-            if bar is not None:
-                bar.close()
-            if self._tensorboard is not None:
-                self._tensorboard.close()
+            self._emit(lambda: FitEnded(self.state()))
+            self.run.close_log()
         if not interrupted:
             self.save()
         return TrainResult(
@@ -554,6 +392,8 @@ class Trainer:
             resumed_from=self.resumed_from,
             notes=self.notes,
             saved=saved,
+            session_steps=self._session_steps,
+            kept_step=self.run.last_saved_step() if interrupted and saved is None else None,
         )
 
     @property
@@ -561,30 +401,8 @@ class Trainer:
         """Optimizer steps done by the current (or last) :meth:`fit`, as opposed to :attr:`step`, the run's."""
         return self._session_steps
 
-    def last_saved_step(self) -> int | None:
-        """The optimizer step ``last.pt`` holds, or None without a readable one."""
-        try:
-            return int(read_checkpoint(self.run.last)["step"])
-        except (CttlstmError, KeyError, TypeError, ValueError):
-            return None
-
-    @contextlib.contextmanager
-    def _disk_full_context(self) -> Iterator[None]:
-        """Add to a :class:`NoSpaceError` what is kept and how to go on, in the same one line."""
-        try:
-            yield
-        except NoSpaceError as err:
-            if err.advice:
-                raise
-            step = self.last_saved_step()
-            if step is not None:
-                advice = f"{self.run.last} (step {step}) and the other checkpoints already written are kept; free some space, then continue with --resume"
-            else:
-                advice = "no checkpoint was written yet; free some space, then run the same command again (it starts the run afresh)"
-            raise NoSpaceError(err.path, err.errno, advice) from None
-
     def _diverged(self, what: str) -> DivergedError:
-        step = self.last_saved_step()
+        step = self.run.last_saved_step()
         if step is not None:
             kept = f"{self.run.last} (step {step}) is kept, nothing later was saved"
             then = "start a new run, or --resume from the kept checkpoint"
@@ -597,7 +415,6 @@ class Trainer:
 
     _stop_requested = False
     _validating = False
-    _bar: Any = None
 
     @contextlib.contextmanager
     def _stop_at_step_boundary(self) -> Iterator[None]:
@@ -613,6 +430,9 @@ class Trainer:
 
         def request_stop(signum: int, frame: Any) -> None:
             if self._stop_requested or self._session_steps == 0:
+                # Should this KeyboardInterrupt be swallowed where it lands (a destructor run by the
+                # garbage collector, say), the flag still stops the run at the next step boundary.
+                self._stop_requested = True
                 raise KeyboardInterrupt
             self._stop_requested = True
             what = "validation batch" if self._validating else "optimizer step"
@@ -660,7 +480,7 @@ class Trainer:
         if note is not None:
             self._note(note)
 
-    def _train_epoch(self, steps_per_epoch: int, bar: Any, max_steps: int | None) -> None:
+    def _train_epoch(self, steps_per_epoch: int, max_steps: int | None) -> None:
         cfg = self.recipe.train
         if self._one_cycle is None:  # the plateau schedule moves the lr once per epoch; the one-cycle, every step
             for group in self.optimizer.param_groups:
@@ -702,7 +522,7 @@ class Trainer:
             if self.device.type == "cpu":  # the loss is on the host already: free to read every step
                 if not bool(loss.isfinite()):
                     raise self._diverged(f"the training loss is {float(loss)} at step {self.step}")
-                self.recent_loss = float(loss)
+                self._recent_loss = float(loss)
             loss_sum += loss.double()
             loss_count += 1
             window_clips += clips.shape[0] * self.dist.world
@@ -721,15 +541,14 @@ class Trainer:
                     **sampling_record(forcing),
                     "clips_per_s": window_clips / elapsed if elapsed > 0 else None,
                 }
-                self.write_metrics(record)
+                self.run.write_metrics(record)
                 if self.device.type != "cpu":
-                    self.recent_loss = record["loss"]
-                if bar is not None:
-                    bar.update(self, record)
+                    self._recent_loss = record["loss"]
+                self._emit(lambda: StepFinished(self.state(), record))
                 window_start, window_clips = time.perf_counter(), 0
                 loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=self.device), 0
-            elif bar is not None:
-                bar.update(self, None)
+            else:
+                self._emit(lambda: StepFinished(self.state(), None))
             self._raise_if_stopping()
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
@@ -737,8 +556,8 @@ class Trainer:
                 return
 
     def _end_epoch(self) -> None:
-        validating = getattr(self._bar, "validating", None)
-        progress = (lambda done, total: validating(self, done, total)) if validating is not None else None
+        def progress(done: int, total: int) -> None:
+            self._emit(lambda: ValidationBatch(self.epoch, done, total))
         started = time.perf_counter()
         val_loss = self.validate(progress)
         self.clock.validation_seconds = time.perf_counter() - started
@@ -758,19 +577,9 @@ class Trainer:
             **sampling_record(self.sampling),
             "lr_scale": self.schedule.lr_scale,
         }
-        self.write_metrics(record)
-        if improved and self._better_than_best_on_disk(val_loss):
+        self.run.write_metrics(record)
+        if improved and self.run.better_than_best(val_loss):
             self.save(self.run.best)
         self.save()
-        if self._bar is not None:
-            self._bar.update(self, record)
+        self._emit(lambda: EpochFinished(self.state(), record))
 
-
-def _is_record(line: str) -> bool:
-    """A whole JSON line of the log (a run killed inside a write can leave a partial last line)."""
-    if not line.strip():
-        return False
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
