@@ -4,10 +4,10 @@ The clip is either a file (any format :func:`cttlstm_cli.data.video.read_video` 
 converted to the models' frame size and channels, or a clip of a prepared test split
 (:func:`read_test_clip`). Which frames of a file are the context:
 
-* ``start`` given: frames ``[start, start + context)``; the ground truth is the ``steps``
+* ``start`` given: frames ``[start, start + context)``; the ground truth is the ``future_frames``
   frames that follow, when the clip has them all;
-* otherwise, when the clip holds at least ``context + steps`` frames: the first ``context``
-  frames, with the next ``steps`` frames as ground truth;
+* otherwise, when the clip holds at least ``context + future_frames`` frames: the first ``context``
+  frames, with the next ``future_frames`` frames as ground truth;
 * otherwise (too short for ground truth): the last ``context`` frames, predictions only.
 
 Several checkpoints predict from the same context frames (:func:`predict_models`); they must
@@ -15,8 +15,8 @@ agree on frame size and channels, and :func:`render` puts their predictions side
 
 A prediction is prepared first (:func:`prepare_prediction`: checkpoints loaded, clip read, window
 chosen), then checked to fit in memory (:meth:`PredictionJob.check_memory`: the predicted frames
-and the animation grow with ``steps``; a job that cannot fit is refused in one line saying how
-many steps would), then run (:meth:`PredictionJob.run`), reporting each predicted frame to an
+and the animation grow with ``future_frames``; a job that cannot fit is refused in one line saying how
+many frames would), then run (:meth:`PredictionJob.run`), reporting each predicted frame to an
 optional ``progress`` callback.
 """
 
@@ -57,7 +57,7 @@ class Prediction:
     clip_frames: int  # frames in the (converted) clip
 
     @property
-    def steps(self) -> int:
+    def future_frames(self) -> int:
         return int(self.predictions.shape[0])
 
 
@@ -74,7 +74,7 @@ class MultiPrediction:
     checkpoints: list[Path]  # the checkpoint file of every model
 
     @property
-    def steps(self) -> int:
+    def future_frames(self) -> int:
         return int(self.predictions[0].shape[0])
 
     def single(self, index: int = 0) -> Prediction:
@@ -159,39 +159,39 @@ def panel_labels(names: Sequence[str], checkpoints: Sequence[str | Path]) -> lis
     return [f"{label} #{i + 1}" if repeated[label] > 1 else label for i, label in enumerate(labels)]
 
 
-def choose_window(frames: int, context: int, steps: int, start: int | None = None) -> tuple[int, bool]:
+def choose_window(frames: int, context: int, future_frames: int, start: int | None = None) -> tuple[int, bool]:
     """``(start, has_truth)`` for a clip of ``frames`` frames (see the module doc)."""
-    if context < 1 or steps < 1:
-        raise CttlstmError(f"--context and --steps must be at least 1 (got {context} and {steps})")
+    if context < 1 or future_frames < 1:
+        raise CttlstmError(f"--context and --steps must be at least 1 (got {context} and {future_frames})")
     if start is not None:
         if start < 0:
             raise CttlstmError(f"--start must be >= 0, got {start}")
         if start + context > frames:
             raise CttlstmError(f"the clip has {frames} frames; --start {start} leaves fewer than the {context} context frames")
-        return start, start + context + steps <= frames
+        return start, start + context + future_frames <= frames
     if frames < context:
         raise CttlstmError(f"the clip has {frames} frame(s), fewer than the {context} context frames (--context)")
-    if frames >= context + steps:
+    if frames >= context + future_frames:
         return 0, True
     return frames - context, False
 
 
 @torch.no_grad()
-def rollout(
-    model: VideoModel, context: torch.Tensor, steps: int, progress: Callable[[int], None] | None = None
+def predict_free_running(
+    model: VideoModel, context: torch.Tensor, future_frames: int, progress: Callable[[int], None] | None = None
 ) -> torch.Tensor:
-    """The ``steps`` frames ``model`` predicts after ``context [1, I, C, H, W]``, ``[steps, C, H, W]``:
-    what ``model(context, future_frames=steps)[0]`` returns.
+    """The ``future_frames`` frames ``model`` predicts after ``context [1, I, C, H, W]``, ``[future_frames, C, H, W]``:
+    what ``model(context, future_frames=future_frames)[0]`` returns.
 
     A recurrent model is advanced through its own ``prefix`` (the context) and ``step`` (each
     prediction fed back), the free-running path of its ``forward``, so that every frame lands in
     one preallocated buffer as it is made (collecting and stacking them would hold two copies)
-    and ``progress(k)`` hears of each of the ``steps`` frames. Any other model predicts in one call.
+    and ``progress(k)`` hears of each of the ``future_frames`` frames. Any other model predicts in one call.
     """
     if not isinstance(model, RecurrentVideoModel):
-        out = model(context, future_frames=steps)[0]
+        out = model(context, future_frames=future_frames)[0]
         if progress is not None:
-            progress(steps)
+            progress(future_frames)
         return out
     _, frames, _, height, width = context.shape
     state = model.init_state(1, height, width, context.device, context.dtype)
@@ -200,8 +200,8 @@ def rollout(
         frame = outputs[:, -1]
     else:
         frame, state = model.step(context[:, 0], state)
-    out = torch.empty((steps, *frame.shape[1:]), dtype=frame.dtype, device=frame.device)
-    for k in range(steps):
+    out = torch.empty((future_frames, *frame.shape[1:]), dtype=frame.dtype, device=frame.device)
+    for k in range(future_frames):
         if k:
             frame, state = model.step(frame, state)
         out[k] = frame[0]
@@ -215,21 +215,21 @@ def predict_frames(
     model: VideoModel,
     frames: np.ndarray,
     context: int,
-    steps: int,
+    future_frames: int,
     start: int | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> Prediction:
-    """Predict ``steps`` frames after a context taken from uint8 ``frames [T, H, W, C]``
-    (``progress(k)`` after each predicted frame, see :func:`rollout`)."""
+    """Predict ``future_frames`` frames after a context taken from uint8 ``frames [T, H, W, C]``
+    (``progress(k)`` after each predicted frame, see :func:`predict_free_running`)."""
     if not model.predicts_frames:
         raise CttlstmError(f"{model.name} classifies activities and predicts no frames; predict needs a frame-prediction model")
-    start, has_truth = choose_window(int(frames.shape[0]), context, steps, start)
+    start, has_truth = choose_window(int(frames.shape[0]), context, future_frames, start)
     ctx = frames[start : start + context]
     x = torch.from_numpy(np.array(ctx, copy=True)).permute(0, 3, 1, 2).float().div_(255.0)
     device = torch.device(device)
-    pred = rollout(model.to(device).eval(), x[None].to(device), steps, progress)
-    truth = frames[start + context : start + context + steps] if has_truth else None
+    pred = predict_free_running(model.to(device).eval(), x[None].to(device), future_frames, progress)
+    truth = frames[start + context : start + context + future_frames] if has_truth else None
     return Prediction(ctx, pred.float().cpu().numpy(), truth, start, int(frames.shape[0]))
 
 
@@ -237,13 +237,13 @@ def predict_models(
     models: Sequence[LoadedModel],
     frames: np.ndarray,
     context: int,
-    steps: int,
+    future_frames: int,
     start: int | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
 ) -> MultiPrediction:
-    """Every model's ``steps`` predicted frames after the same context of uint8 ``frames [T, H, W, C]``
-    (``progress("predicting with LABEL", k, steps)`` after each frame)."""
+    """Every model's ``future_frames`` predicted frames after the same context of uint8 ``frames [T, H, W, C]``
+    (``progress("predicting with LABEL", k, future_frames)`` after each frame)."""
     _refuse_classifiers(models)
     labels = panel_labels([m.model.name for m in models], [m.checkpoint for m in models])
     results = []
@@ -252,9 +252,9 @@ def predict_models(
 
         def report(done: int, phase: str = phase) -> None:
             if progress is not None:
-                progress(phase, done, steps)
+                progress(phase, done, future_frames)
 
-        results.append(predict_frames(m.model, frames, context, steps, start, device, report))
+        results.append(predict_frames(m.model, frames, context, future_frames, start, device, report))
     first = results[0]
     return MultiPrediction(
         first.context, labels, [r.predictions for r in results], first.truth, first.start, first.clip_frames,
@@ -287,10 +287,10 @@ def load_models(checkpoints: Sequence[str | Path], device: torch.device | str = 
 
 
 def read_test_clip(
-    model: LoadedModel, index: int, context: int, steps: int, data: str | Path | None = None
+    model: LoadedModel, index: int, context: int, future_frames: int, data: str | Path | None = None
 ) -> tuple[np.ndarray, int, str]:
     """Clip ``index`` (0-based) of the prepared test split of ``model``'s recipe (or of ``data``), cut as
-    ``cttlstm evaluate --future steps`` cuts it: non-overlapping windows of ``context + steps`` frames.
+    ``cttlstm evaluate --future N`` cuts it: non-overlapping windows of ``context + future_frames`` frames.
 
     Returns ``(frames, start, description)``: the whole stored video (uint8 ``[T, H, W, C]``) and the
     window's first frame in it, so that frame counters count frames of the video.
@@ -301,11 +301,11 @@ def read_test_clip(
     if index < 0:
         raise CttlstmError(f"--test-clip must be >= 0, got {index}")
     data_cfg = data_config_for(model.recipe, data, context, int(model.model.image_channels))
-    dataset = open_dataset(data_cfg, "test", mode="sequential", clip_frames=context + steps)
+    dataset = open_dataset(data_cfg, "test", mode="sequential", clip_frames=context + future_frames)
     try:
         if index >= len(dataset):
             raise CttlstmError(
-                f"the test split of {data_cfg.path} has {len(dataset)} clip(s) of {context}+{steps} frames; "
+                f"the test split of {data_cfg.path} has {len(dataset)} clip(s) of {context}+{future_frames} frames; "
                 f"--test-clip {index} is out of range"
             )
         video, start = dataset.window(index)
@@ -318,7 +318,7 @@ def read_test_clip(
 
 @dataclass(frozen=True)
 class RolloutMemory:
-    """What predicting and rendering ``steps`` frames needs, in bytes: a part per frame of the
+    """What predicting and rendering ``future_frames`` frames needs, in bytes: a part per frame of the
     animation (context and predictions) and a fixed part, in host memory and, for a model on a
     GPU, in GPU memory (see :meth:`PredictionJob.memory`)."""
 
@@ -329,30 +329,30 @@ class RolloutMemory:
     device_per_frame: int = 0
     device_fixed: int = 0
 
-    def need(self, steps: int) -> tuple[int, int]:
-        """``(host bytes, device bytes)`` for ``steps`` predicted frames."""
-        frames = self.context + steps
+    def need(self, future_frames: int) -> tuple[int, int]:
+        """``(host bytes, device bytes)`` for ``future_frames`` predicted frames."""
+        frames = self.context + future_frames
         return self.host_fixed + frames * self.host_per_frame, self.device_fixed + frames * self.device_per_frame
 
-    def max_steps(self, host_available: int, device_available: int | None = None) -> int:
-        """The most steps that fit in :func:`~cttlstm_cli.training.memory.budget` of the memory available (0: none)."""
+    def max_future_frames(self, host_available: int, device_available: int | None = None) -> int:
+        """The most future frames that fit in :func:`~cttlstm_cli.training.memory.budget` of the memory available (0: none)."""
         fits = [(memory.budget(host_available) - self.host_fixed) // max(self.host_per_frame, 1)]
         if self.device_per_frame and device_available is not None:
             fits.append((memory.budget(device_available) - self.device_fixed) // self.device_per_frame)
         return max(0, int(min(fits)) - self.context)
 
-    def check(self, steps: int) -> None:
-        """Refuse, in one line saying how many steps would fit, ``steps`` that cannot fit in memory."""
+    def check(self, future_frames: int) -> None:
+        """Refuse, in one line saying how many frames would fit, ``future_frames`` that cannot fit in memory."""
         host_free = memory.available_memory(torch.device("cpu"))
         device_free = memory.available_memory(self.device) if self.device_per_frame else None
-        most = self.max_steps(host_free, device_free)
-        if steps <= most:
+        most = self.max_future_frames(host_free, device_free)
+        if future_frames <= most:
             return
-        host, dev = self.need(steps)
+        host, dev = self.need(future_frames)
         hint = f"at most {most:,} steps fit" if most else "not even one step fits"
         if device_free is not None and dev > memory.budget(device_free):
-            memory.require(f"--steps {steps:,}", dev, self.device, hint, device_free)
-        memory.require(f"--steps {steps:,}", host, torch.device("cpu"), hint, host_free)
+            memory.require(f"--steps {future_frames:,}", dev, self.device, hint, device_free)
+        memory.require(f"--steps {future_frames:,}", host, torch.device("cpu"), hint, host_free)
 
 
 @dataclass
@@ -362,18 +362,18 @@ class PredictionJob:
     models: list[LoadedModel]
     frames: np.ndarray  # uint8 [T, H, W, C], the whole clip
     context: int
-    steps: int
+    future_frames: int
     start: int | None
     device: torch.device
     source: str  # a description of the clip
 
     @property
     def has_truth(self) -> bool:
-        """Whether the clip holds the ``steps`` frames after the context (shown as ground truth)."""
-        return choose_window(int(self.frames.shape[0]), self.context, self.steps, self.start)[1]
+        """Whether the clip holds the ``future_frames`` frames after the context (shown as ground truth)."""
+        return choose_window(int(self.frames.shape[0]), self.context, self.future_frames, self.start)[1]
 
     def memory(self, scale: int | None = None, error_panel: bool = True) -> RolloutMemory:
-        """The memory of predicting ``steps`` frames and rendering them as :func:`render` does at
+        """The memory of predicting ``future_frames`` frames and rendering them as :func:`render` does at
         ``scale`` with ``error_panel``, per frame of the animation:
 
         * the predictions (float32 ``C x H x W`` per model), kept to the end, and on a GPU the one
@@ -401,18 +401,18 @@ class PredictionJob:
         return RolloutMemory(self.device, self.context, n * prediction + render, step)
 
     def check_memory(self, scale: int | None = None, error_panel: bool = True) -> None:
-        """Refuse, in one line, ``steps`` whose predictions and animation cannot fit (:meth:`memory`)."""
-        self.memory(scale, error_panel).check(self.steps)
+        """Refuse, in one line, ``future_frames`` whose predictions and animation cannot fit (:meth:`memory`)."""
+        self.memory(scale, error_panel).check(self.future_frames)
 
     def run(self, progress: ProgressCallback | None = None) -> MultiPrediction:
         """Every model's predictions (:func:`predict_models`)."""
-        return predict_models(self.models, self.frames, self.context, self.steps, self.start, self.device, progress)
+        return predict_models(self.models, self.frames, self.context, self.future_frames, self.start, self.device, progress)
 
 
 def prepare_prediction(
     clip: str | Path | None,
     checkpoints: Sequence[str | Path] | None = None,
-    steps: int = 10,
+    future_frames: int = 10,
     context: int | None = None,
     start: int | None = None,
     size: tuple[int, int] | None = None,
@@ -431,8 +431,8 @@ def prepare_prediction(
     from cttlstm_cli.data.video import VideoError, read_video
     from cttlstm_cli.checkpoint import resolve_checkpoint_path
 
-    if steps < 1:
-        raise CttlstmError(f"--steps must be at least 1, got {steps}")
+    if future_frames < 1:
+        raise CttlstmError(f"--steps must be at least 1, got {future_frames}")
     if (clip is None) == (test_clip is None):
         both = clip is not None
         raise CttlstmError("give either a CLIP or --test-clip N, not both" if both else "give a CLIP or --test-clip N")
@@ -454,7 +454,7 @@ def prepare_prediction(
                 raise
             raise CttlstmError(f"{m.checkpoint}: {err}") from None  # say which of the models refuses
     if test_clip is not None:
-        frames, start, source = read_test_clip(models[0], test_clip, context, steps, data)
+        frames, start, source = read_test_clip(models[0], test_clip, context, future_frames, data)
         if frames.shape[1:] != (h, w, channels):
             raise CttlstmError(
                 f"the test split's frames are {frames.shape[1]}x{frames.shape[2]} with {frames.shape[3]} channel(s) "
@@ -466,14 +466,14 @@ def prepare_prediction(
         except VideoError as err:
             raise CttlstmError(f"{clip}: {err}") from None
         source = str(clip)
-    choose_window(int(frames.shape[0]), context, steps, start)  # refuses a clip too short for the context
-    return PredictionJob(models, frames, context, steps, start, torch.device(device), source)
+    choose_window(int(frames.shape[0]), context, future_frames, start)  # refuses a clip too short for the context
+    return PredictionJob(models, frames, context, future_frames, start, torch.device(device), source)
 
 
 def predict_clip_models(
     clip: str | Path | None,
     checkpoints: Sequence[str | Path] | None = None,
-    steps: int = 10,
+    future_frames: int = 10,
     context: int | None = None,
     start: int | None = None,
     size: tuple[int, int] | None = None,
@@ -486,7 +486,7 @@ def predict_clip_models(
 
     Returns the predictions and a description of the clip.
     """
-    job = prepare_prediction(clip, checkpoints, steps, context, start, size, device, test_clip, data)
+    job = prepare_prediction(clip, checkpoints, future_frames, context, start, size, device, test_clip, data)
     job.check_memory()
     return job.run(), job.source
 
@@ -494,7 +494,7 @@ def predict_clip_models(
 def predict_clip(
     clip: str | Path,
     checkpoint: str | Path | None = None,
-    steps: int = 10,
+    future_frames: int = 10,
     context: int | None = None,
     start: int | None = None,
     size: tuple[int, int] | None = None,
@@ -502,7 +502,7 @@ def predict_clip(
 ) -> Prediction:
     """Read ``clip``, load ``checkpoint`` (file or run directory; default :func:`newest_checkpoint`), predict."""
     checkpoints = [checkpoint] if checkpoint is not None else None
-    result, _ = predict_clip_models(clip, checkpoints, steps, context, start, size, device)
+    result, _ = predict_clip_models(clip, checkpoints, future_frames, context, start, size, device)
     return result.single(0)
 
 
@@ -571,5 +571,5 @@ __all__ = [
     "DEFAULT_AUTHORS_SIZE", "LoadedModel", "MultiPrediction", "Prediction", "PredictionJob", "RolloutMemory",
     "checkpoint_summary", "choose_window", "common_frame_format", "frame_format", "load_models", "newest_checkpoint",
     "panel_labels", "panel_titles", "raw_path", "predict_clip", "predict_clip_models", "predict_frames", "predict_models",
-    "prepare_prediction", "read_test_clip", "render", "rollout", "save_raw",
+    "prepare_prediction", "read_test_clip", "predict_free_running", "render", "save_raw",
 ]

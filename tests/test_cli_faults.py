@@ -53,7 +53,7 @@ def test_predict_max_steps_is_what_fits(cli, trained_smoke, clip: Path, tmp_path
     # memory for exactly STEPS steps (and half a frame more): STEPS fit, STEPS + 1 do not
     need = estimate.need(STEPS)[0] + estimate.host_per_frame // 2
     monkeypatch.setattr(memory, "available_memory", lambda device: int(need / memory.BUDGET_FRACTION) + 1)
-    assert estimate.max_steps(int(need / memory.BUDGET_FRACTION) + 1) == STEPS
+    assert estimate.max_future_frames(int(need / memory.BUDGET_FRACTION) + 1) == STEPS
     line = one_error_line(cli("predict", clip, "--steps", STEPS + 1, "-k", trained_smoke.run, "--out", tmp_path / "a.gif"))
     assert line.endswith(f"at most {STEPS} steps fit")
     assert not (tmp_path / "a.gif").exists()
@@ -112,27 +112,27 @@ def test_long_predict_shows_progress(cli, trained_smoke, clip: Path, tmp_path: P
     assert "predicting" not in result.out and "rendering" not in result.err
 
 
-def test_rollout_reports_every_frame_and_equals_forward(trained_smoke) -> None:
+def test_free_running_prediction_reports_every_frame_and_equals_forward(trained_smoke) -> None:
     from cttlstm_cli.checkpoint import load_model
-    from cttlstm_cli.predict import rollout
+    from cttlstm_cli.predict import predict_free_running
 
     model = load_model(trained_smoke.best)
     context = torch.rand(1, CONTEXT, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     seen: list[int] = []
-    out = rollout(model, context, 6, seen.append)
+    out = predict_free_running(model, context, 6, seen.append)
     with torch.no_grad():
         expected = model(context, future_frames=6)[0]
     assert seen == [1, 2, 3, 4, 5, 6]
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    one = rollout(model, context[:, :1], 3)  # a single context frame goes through step(), not prefix()
+    one = predict_free_running(model, context[:, :1], 3)  # a single context frame goes through step(), not prefix()
     with torch.no_grad():
         torch.testing.assert_close(one, model(context[:, :1], future_frames=3)[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("recipe", ["smoke-predrnnpp", "smoke-e3dlstm"])
-def test_rollout_equals_forward_for_every_recurrent_family(recipe: str) -> None:
+def test_free_running_prediction_equals_forward_for_every_recurrent_family(recipe: str) -> None:
     from cttlstm_cli.models import create_model
-    from cttlstm_cli.predict import rollout
+    from cttlstm_cli.predict import predict_free_running
     from cttlstm_cli.recipe import load_recipe
 
     r = load_recipe(RECIPES / f"{recipe}.yaml")
@@ -140,7 +140,7 @@ def test_rollout_equals_forward_for_every_recurrent_family(recipe: str) -> None:
     model = create_model(r.model, r.data.channels).eval()
     context = torch.rand(1, 3, r.data.channels, *r.data.frame_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(rollout(model, context, 3), model(context, future_frames=3)[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(predict_free_running(model, context, 3), model(context, future_frames=3)[0], rtol=0, atol=1e-6)
 
 
 def test_a_gpu_rollout_is_limited_by_gpu_memory_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +150,7 @@ def test_a_gpu_rollout_is_limited_by_gpu_memory_too(monkeypatch: pytest.MonkeyPa
     estimate = RolloutMemory(torch.device("cuda"), 5, host_per_frame=100, host_fixed=0, device_per_frame=50, device_fixed=1000)
     free = {"cpu": 10**9, "cuda": 5000}  # GPU budget 4,000: (4,000 - 1,000) // 50 = 60 frames, 55 steps
     monkeypatch.setattr(memory, "available_memory", lambda device: free[device.type])
-    assert estimate.max_steps(free["cpu"], free["cuda"]) == 55
+    assert estimate.max_future_frames(free["cpu"], free["cuda"]) == 55
     estimate.check(55)
     with pytest.raises(CttlstmError) as info:
         estimate.check(56)

@@ -99,7 +99,7 @@ def predict(
     with Progress(err_console) if long else nullcontext() as progress:
         result = job.run(progress)
         if progress is not None:
-            progress(f"rendering {len(result.context) + result.steps:,} frames")
+            progress(f"rendering {len(result.context) + result.future_frames:,} frames")
         frames = render(result, scale, error_panel=not no_error)  # one model: ground truth | prediction | |error|
         raw = save_raw(result, out) if save_npy else None
         if progress is not None:
@@ -115,7 +115,7 @@ def predict(
     where = f"{source}: " if test_clip is not None else ""
     console.print(
         f"{where}context frames {result.start + 1}-{result.start + len(result.context)} of {result.clip_frames}, "
-        f"{result.steps} predicted {truth}"
+        f"{result.future_frames} predicted {truth}"
     )
     if len(result.labels) > 1:
         titles = panel_titles(result, error_panel=not no_error)

@@ -269,6 +269,7 @@ class SuiteRun:
         self.state.write(self.out)
 
     def _train(self, model: ResolvedModel) -> None:
+        from cttlstm_cli.training.events import EpochFinished, FitStarted, StepFinished, TrainingEvent
         from cttlstm_cli.training.run import open_trainer
 
         st = self.state.models[model.name]
@@ -277,24 +278,14 @@ class SuiteRun:
             return
         self._phase_started = time.monotonic()
         total = self.suite.budget.steps
-        suite_run = self
 
-        class Progress:  # the Trainer's progress interface (see its docstring)
-            def __init__(self, trainer: Any) -> None:
-                self.update(trainer, None)
-
-            def update(self, trainer: Any, record: dict[str, Any] | None) -> None:
-                suite_run._emit("train", model, trainer.step, total, trainer.eta()[1])
-
-            def validating(self, trainer: Any, done: int, total_batches: int) -> None:
-                pass
-
-            def close(self) -> None:
-                pass
+        def show(event: TrainingEvent) -> None:
+            if isinstance(event, (FitStarted, StepFinished, EpochFinished)):
+                self._emit("train", model, event.state.step, total, event.state.run_seconds_left)
 
         notes: list[str] = []
         trainer = open_trainer(model.recipe, run_dir, self.device, resume=(run_dir / "recipe.yaml").is_file(),
-                               progress=Progress, log=notes.append, status=None)
+                               events=show, log=notes.append, status=None)
         started = time.monotonic()
         result = trainer.fit()
         for note in notes:
@@ -353,7 +344,7 @@ class SuiteRun:
         pics = self.suite.pictures
         steps = pics.steps or max(self.suite.eval.future_frames)
         self._emit("pictures")
-        result, _source = predict_clip_models(None, [self.out / m.name for m in self.models], steps=steps,
+        result, _source = predict_clip_models(None, [self.out / m.name for m in self.models], future_frames=steps,
                                               device=self.device, test_clip=pics.test_clip)
         write_animation(self.out / PICTURES_NAME, render(result), pics.fps)
         self.state.pictures = True
