@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from cttlstm_cli.training.step import train_step
 from cttlstm_cli.training.trainer import Trainer
 
 from conftest import RECIPES, REPO, assert_training_forward_matches, leave_ddp_worker
+from hooks import PAUSE_AFTER_FIRST_CHECKPOINT, wait_for_first_checkpoint
 from synthetic import BouncingSquares, brightness_labelled_dataset
 
 pytestmark = pytest.mark.slow  # every family trained, killed, resumed and run under DDP: minutes
@@ -201,30 +201,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"frames": root / "mmnist", "labels": brightness_labelled_dataset(root / "labelled", videos=24, size=SIZE)}
 
 
-#: ``python -c`` this, then cttlstm's arguments: the command line, whose run stops for good once it has written
-#: its first ``last.pt`` (step 2), so that a test kills it mid-way however fast or slow the machine is
-PAUSED_AFTER_FIRST_CHECKPOINT = """
-import sys, time
-from cttlstm_cli.training.trainer import Trainer
-save = Trainer.save
-
-def save_then_wait(self, path=None):
-    save(self, path)
-    if path is None:  # last.pt
-        while True:
-            time.sleep(1)
-
-Trainer.save = save_then_wait
-from cttlstm_cli.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def _train(arch: str, out: Path, data: Path, *extra: str, paused: bool = False) -> subprocess.Popen:
     sets = [f"data.path={data}", f"data.frame_size=[{SIZE},{SIZE}]", f"data.input_frames={CONTEXT}", f"data.future_frames={FUTURE}",
             "train.batch_size=4", "train.micro_batch=4", "train.epochs=3", "train.epoch_clips=32", "train.val_clips=8",
             "train.checkpoint_every=2", "data.workers=0"]  # fmt: skip
-    start = ["-c", PAUSED_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
+    start = ["-c", PAUSE_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
     args = [sys.executable, *start, "train", str(smoke_recipe_path(arch)), "--out", str(out), "--device", "cpu", "--quiet"]
     for s in sets:
         args += ["--set", s]
@@ -240,9 +221,7 @@ def test_sigkill_then_resume_equals_uninterrupted(arch: str, prepared: dict[str,
 
     killed = _train(arch, tmp_path / "killed", data, paused=True)
     last = tmp_path / "killed" / "last.pt"
-    # The run waits after its first checkpoint (step 2 of 24) until it is killed: always mid-way.
-    while not last.exists() and killed.poll() is None:
-        time.sleep(0.05)
+    wait_for_first_checkpoint(killed)  # the run waits after its first checkpoint (step 2 of 24): always mid-way
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()

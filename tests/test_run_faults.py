@@ -24,6 +24,7 @@ from cttlstm_cli.models import create_model
 from cttlstm_cli.checkpoint import read_checkpoint, save_checkpoint
 from cttlstm_cli.recipe import load_recipe
 
+from hooks import PAUSE_AFTER_FIRST_CHECKPOINT, wait_for_first_checkpoint
 from conftest import RECIPES, REPO, assert_unchanged, file_snapshot, leave_ddp_worker, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
@@ -58,12 +59,14 @@ def same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def cttlstm(*args: str | Path, file_size_limit: int | None = None) -> subprocess.Popen:
+def cttlstm(*args: str | Path, file_size_limit: int | None = None, paused: bool = False) -> subprocess.Popen:
     """``python -m cttlstm_cli ARGS`` in a child process; with ``file_size_limit`` no file it writes
     may grow past that many bytes (RLIMIT_FSIZE, SIGXFSZ ignored), so writes fail with EFBIG as they
     would with ENOSPC on a full disk. A wrapper sets the limit and execs, so this process forks no
-    Python code (unlike preexec_fn)."""
-    command = [sys.executable, "-m", "cttlstm_cli", *map(str, args)]
+    Python code (unlike preexec_fn). ``paused``: the run waits after its first checkpoint
+    (:data:`hooks.PAUSE_AFTER_FIRST_CHECKPOINT`)."""
+    start = ["-c", PAUSE_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
+    command = [sys.executable, *start, *map(str, args)]
     if file_size_limit is not None:
         wrapper = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                    "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
@@ -113,12 +116,9 @@ def test_a_second_writer_changes_nothing_and_names_the_holder(cli, data: Path, t
 def test_train_resume_is_refused_while_another_train_writes_and_sigkill_frees_the_folder(cli, data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     long_run = ["--set", "train.epochs=1000", "--set", "train.checkpoint_every=1"]
-    first = cttlstm("train", SMOKE, "--out", run, *quick(data, *long_run))
+    first = cttlstm("train", SMOKE, "--out", run, *quick(data, *long_run), paused=True)
     try:
-        deadline = time.monotonic() + PATIENCE_S
-        while not (run / "last.pt").exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert first.poll() is None and (run / "last.pt").exists(), "the first run did not get to its first checkpoint"
+        wait_for_first_checkpoint(first)  # it waits there, holding the lock, until killed
         line = one_error_line(cli("train", SMOKE, "--out", run, *quick(data, *long_run, "--resume", "--max-steps", "1")))
         assert f"{run} is in use by another cttlstm process (PID {first.pid})" in line
         assert (run / ".lock").read_text().strip() == str(first.pid)

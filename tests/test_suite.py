@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -16,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, one_error_line
+from hooks import PAUSE_AFTER_FIRST_CHECKPOINT, wait_for_first_checkpoint
 
 pytestmark = pytest.mark.slow  # trains, kills and resumes whole suites: minutes
 
@@ -156,12 +155,11 @@ def test_sigkill_then_the_same_command(finished, tmp_path: Path) -> None:
     suite, reference, _ = finished
     out = tmp_path / "out"
     command = [sys.executable, "-m", "cttlstm_cli", "suite", "run", str(suite), "--out", str(out), "--device", "cpu", "-q"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    paused = [sys.executable, "-c", PAUSE_AFTER_FIRST_CHECKPOINT, *command[3:]]
+    proc = subprocess.Popen(paused, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 600  # an upper bound only: the checkpoint comes after two steps
-        while not (out / "convttlstm" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        wait_for_first_checkpoint(proc)  # the suite waits inside its first training, after its first last.pt
+        assert (out / "convttlstm" / "last.pt").is_file()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()

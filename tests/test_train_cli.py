@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from cttlstm_cli.checkpoint import read_checkpoint
 
+from hooks import PAUSE_AFTER_FIRST_CHECKPOINT, wait_for_first_checkpoint
 from conftest import RECIPES, REPO, one_error_line
 
 SMOKE = str(RECIPES / "smoke.yaml")
@@ -47,8 +47,9 @@ def test_smoke_training_loss_falls(cli, smoke_data: Path, tmp_path: Path) -> Non
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
 
 
-def _train_process(out: Path, data: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cttlstm_cli", "train", SMOKE, "--out", str(out), "--device", "cpu", "--quiet"]
+def _train_process(out: Path, data: Path, *extra: str, paused: bool = False) -> subprocess.Popen:
+    start = ["-c", PAUSE_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
+    args = [sys.executable, *start, "train", SMOKE, "--out", str(out), "--device", "cpu", "--quiet"]
     args += ["--set", f"data.path={data}", "--set", "train.epoch_clips=128", *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -81,12 +82,9 @@ def test_bad_input_is_one_line_and_overwrites_nothing(cli, smoke_data: Path, tmp
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(smoke_data: Path, tmp_path: Path) -> None:
-    proc = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=50")
+    proc = _train_process(tmp_path / "run", smoke_data, "--set", "train.epochs=50", paused=True)
     last = tmp_path / "run" / "last.pt"
-    # No deadline: on a loaded machine the first checkpoint may take long; the process ending
-    # first is a failure the asserts below report (pytest-timeout is the backstop).
-    while not last.exists() and proc.poll() is None:
-        time.sleep(0.05)
+    wait_for_first_checkpoint(proc)  # the run waits after its first checkpoint until the Ctrl-C
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err.decode()
