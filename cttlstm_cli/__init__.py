@@ -4,7 +4,7 @@ Notebook use::
 
     from cttlstm_cli import load_model
     model = load_model("runs/mmnist/best.pt")      # or the authors' convttlstm-mnist.pt
-    future = model(frames, future_frames=10)        # frames [B, T, C, H, W] in [0, 1]
+    future = model.predict(frames, 10)              # frames [T, C, H, W] or [B, T, C, H, W] in [0, 1]
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import functools
 import os
 import platform
 import re
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -76,12 +78,107 @@ def available_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def open_device(name: str = "auto") -> torch.device:
-    """:func:`resolve_device`, and on the CPU :func:`retain_freed_memory`: what every command runs on."""
+def open_device(name: str = "auto", threads: int | None = None) -> torch.device:
+    """:func:`resolve_device`, and on the CPU :func:`retain_freed_memory` and :func:`use_cpu_threads`
+    (``threads``: ``--threads``): what every command runs on."""
     device = resolve_device(name)
     if device.type == "cpu":
         retain_freed_memory()
+        use_cpu_threads(threads)
     return device
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def busy_cores(interval: float = 0.25) -> float | None:
+    """How many of the machine's cores other work keeps busy right now: the non-idle share of
+    ``/proc/stat``'s CPU time over ``interval`` seconds, times the cores (None off Linux). Measured,
+    not the load average, which trails a job that has just ended by minutes."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    return (1.0 - (idle1 - idle0) / elapsed) * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class CpuThreads:
+    """The threads torch computes with on the CPU, and why (for the line that shows the device)."""
+
+    threads: int
+    cores: int
+    reason: str  # "--threads", "OMP_NUM_THREADS", "all cores", or the measured load
+
+    def count(self) -> str:
+        """``1 thread``, ``2 threads``."""
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+
+    def describe(self) -> str:
+        """The count and why: ``2 threads``; ``4 threads, from --threads``; ``1 of 2 threads, 1.3 cores
+        busy with other work; --threads N to choose``."""
+        if self.reason == "all cores":
+            return self.count()
+        if self.reason in ("--threads", "OMP_NUM_THREADS"):
+            return f"{self.count()}, from {self.reason}"
+        return f"{self.threads} of {self.cores} threads, {self.reason}; --threads N to choose"
+
+
+def choose_cpu_threads(requested: int | None, cores: int, busy: float | None, environment: str | None) -> CpuThreads:
+    """The thread count for the CPU: ``requested`` (``--threads``) when given, else ``OMP_NUM_THREADS``
+    (``environment``) when set, else the ``cores`` that the ``busy`` cores of other work leave free, at
+    least one. On a shared machine torch's threads, one per core, wait on each other at every
+    operation while another job holds a core: a 2-core machine with two busy processes ran several
+    times slower with 2 threads than with 1."""
+    if requested is not None:
+        if requested < 1:
+            raise CttlstmError(f"--threads must be at least 1, got {requested}")
+        return CpuThreads(requested, cores, "--threads")
+    if environment is not None and environment.strip().isdigit() and int(environment) >= 1:
+        return CpuThreads(int(environment), cores, "OMP_NUM_THREADS")
+    if busy is None:
+        return CpuThreads(cores, cores, "all cores")
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    if free >= cores:
+        return CpuThreads(cores, cores, "all cores")
+    return CpuThreads(free, cores, f"{busy:.1f} cores busy with other work")
+
+
+_chosen: CpuThreads | None = None
+
+
+def use_cpu_threads(requested: int | None = None) -> CpuThreads:
+    """Set torch's CPU threads once per process (:func:`choose_cpu_threads`); a later call with a new
+    ``requested`` count sets that one. The choice is what :func:`cpu_threads` reports."""
+    global _chosen
+    if _chosen is None or (requested is not None and requested != _chosen.threads):
+        _chosen = choose_cpu_threads(requested, usable_cores(), busy_cores(), os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(_chosen.threads)
+    return _chosen
+
+
+def cpu_threads() -> CpuThreads:
+    """What torch computes with on the CPU now: the choice of :func:`use_cpu_threads`, or torch's own."""
+    if _chosen is not None and _chosen.threads == torch.get_num_threads():
+        return _chosen
+    return CpuThreads(torch.get_num_threads(), usable_cores(), "all cores")
 
 
 def is_allocation_failure(err: BaseException) -> bool:

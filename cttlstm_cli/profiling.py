@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -29,8 +29,8 @@ from cttlstm_cli.models import VideoModel, unwrap
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training import memory
 from cttlstm_cli.training.memory import MicroBatch, resolve_micro_batch
-from cttlstm_cli.timing import epoch_time
-from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step
+from cttlstm_cli.timing import epoch_time, format_duration
+from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, probe_step_seconds, train_step
 
 #: ``progress(phase, done, total)``: what profiling is doing; ``total`` None for a phase without steps
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -55,11 +55,19 @@ class Profile:
     flops_analytic: bool
     batch_size: int
     device: str
+    #: the batch actually timed: the recipe's, or a smaller one when timing it would take longer than
+    #: the time budget (``step_seconds`` is then scaled up to ``batch_size`` in proportion); None untimed
+    timed_batch_size: int | None
     step_seconds: float | None
     epoch_10k_seconds: float | None  # a 10,000-clip epoch, the paper's Time(m)
     epoch_clips: int  # the recipe's train.epoch_clips
     recipe_epoch_seconds: float | None  # an epoch of the recipe's epoch_clips
-    peak_memory_bytes: int | None
+    peak_memory_bytes: int | None  # measured at the batch timed: None when that was not the recipe's
+
+    @property
+    def extrapolated(self) -> bool:
+        """Whether the step time was scaled up from a smaller batch than the recipe's."""
+        return self.timed_batch_size is not None and self.timed_batch_size < self.batch_size
 
     @property
     def epoch_seconds(self) -> float | None:
@@ -140,6 +148,7 @@ class ProfileJob:
     measure_time: bool
     warmup: int
     timed_steps: int
+    max_seconds: float | None = None  # the time budget of the timing (None: time the recipe's batch, however long)
 
 
 def check_profile_memory(
@@ -163,22 +172,31 @@ def prepare_profile(
     measure_time: bool = True,
     warmup: int = 1,
     timed_steps: int = 2,
+    max_seconds: float | None = None,
 ) -> ProfileJob:
     """Build the recipe's model on ``device`` and check that profiling it fits in memory
-    (:func:`check_profile_memory`); nothing large is allocated before the check."""
+    (:func:`check_profile_memory`); nothing large is allocated before the check. ``max_seconds``
+    bounds the timing (:func:`timed_batch`)."""
     torch.manual_seed(recipe.train.seed)
     model = build_training_model(recipe, device)
     batch = batch_size or recipe.train.batch_size
     micro = resolve_micro_batch(model, recipe, device, batch) if measure_time else None
     check_profile_memory(model, recipe, device, batch, micro)
-    return ProfileJob(recipe, device, model, batch, micro, measure_time, warmup, timed_steps)
+    return ProfileJob(recipe, device, model, batch, micro, measure_time, warmup, timed_steps, max_seconds)
 
 
-def run_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Profile:
-    """Parameters, FLOPs and (when ``job.measure_time``) the measured time of a 10,000-clip epoch.
+def timed_batch(seconds_per_clip: float, batch_size: int, steps: int, max_seconds: float | None) -> int:
+    """The batch to time ``steps`` training steps with: the recipe's ``batch_size``, or the largest smaller
+    one whose steps take at most ``max_seconds`` at ``seconds_per_clip`` (at least one clip). A step's
+    time grows in proportion to its clips (they are independent work), so a smaller batch's time scaled
+    up estimates the recipe's where timing that would take minutes (a paper recipe on a CPU)."""
+    if max_seconds is None or seconds_per_clip * batch_size * steps <= max_seconds:
+        return batch_size
+    return max(1, min(batch_size, int(max_seconds / (seconds_per_clip * steps))))
 
-    ``progress(phase, done, total)`` hears of each phase: counting FLOPs, then each training step.
-    """
+
+def count_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Profile:
+    """Parameters and FLOPs of ``job``'s model (seconds even for a paper recipe); no timing."""
     report = progress or (lambda phase, done, total: None)
     recipe, device, model = job.recipe, job.device, job.model
     h, w = recipe.data.frame_size
@@ -186,19 +204,6 @@ def run_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Pr
     report("counting FLOPs", 0, None)
     analytic = net.analytic_macs(h, w)
     counted = net.counted_macs(h, w)
-    step_seconds = epoch_10k = recipe_epoch = None
-    if job.measure_time:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        total = job.warmup + job.timed_steps
-        phase = f"timing {job.timed_steps} training step(s) of {job.batch_size} clip(s) after {job.warmup} warm-up"
-        report(phase, 0, total)
-        step_seconds = time_training_steps(
-            model, recipe, device, job.batch_size, job.warmup, job.timed_steps, job.micro_batch,
-            on_step=lambda done: report(phase, done, total),
-        )
-        epoch_10k = epoch_time(step_seconds, job.batch_size)
-        recipe_epoch = epoch_time(step_seconds, job.batch_size, recipe.train.epoch_clips)
     return Profile(
         recipe=recipe.name,
         arch=net.config.arch,
@@ -210,12 +215,55 @@ def run_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Pr
         flops_analytic=analytic is not None,
         batch_size=job.batch_size,
         device=str(device),
-        step_seconds=step_seconds,
-        epoch_10k_seconds=epoch_10k,
+        timed_batch_size=None,
+        step_seconds=None,
+        epoch_10k_seconds=None,
         epoch_clips=recipe.train.epoch_clips,
-        recipe_epoch_seconds=recipe_epoch,
-        peak_memory_bytes=peak_memory_bytes(device) if job.measure_time else None,
+        recipe_epoch_seconds=None,
+        peak_memory_bytes=None,
     )
+
+
+def time_profile(job: ProfileJob, counts: Profile, progress: ProgressCallback | None = None) -> Profile:
+    """``counts`` (:func:`count_profile`) with the measured step and epoch times and the peak memory.
+
+    With ``job.max_seconds``, one clip's forward and backward is timed first (``probe_step_seconds``)
+    and the steps are timed at the batch that fits the budget (:func:`timed_batch`); the phase reported
+    to ``progress(phase, done, total)`` says how long the timing will take."""
+    report = progress or (lambda phase, done, total: None)
+    recipe, device, model = job.recipe, job.device, job.model
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    total = job.warmup + job.timed_steps
+    timed = job.batch_size
+    eta = ""
+    if job.max_seconds is not None:
+        report("timing one clip for an estimate", 0, None)
+        per_clip = probe_step_seconds(model, recipe, device)
+        timed = timed_batch(per_clip, job.batch_size, total, job.max_seconds)
+        eta = f", about {format_duration(per_clip * timed * total)}"
+    micro = job.micro_batch if timed == job.batch_size else resolve_micro_batch(model, recipe, device, timed)
+    phase = f"timing {job.timed_steps} training step(s) of {timed} clip(s) after {job.warmup} warm-up{eta}"
+    report(phase, 0, total)
+    measured = time_training_steps(
+        model, recipe, device, timed, job.warmup, job.timed_steps, micro, on_step=lambda done: report(phase, done, total)
+    )
+    step_seconds = measured * job.batch_size / timed
+    return replace(
+        counts,
+        timed_batch_size=timed,
+        step_seconds=step_seconds,
+        epoch_10k_seconds=epoch_time(step_seconds, job.batch_size),
+        recipe_epoch_seconds=epoch_time(step_seconds, job.batch_size, recipe.train.epoch_clips),
+        peak_memory_bytes=peak_memory_bytes(device) if timed == job.batch_size else None,
+    )
+
+
+def run_profile(job: ProfileJob, progress: ProgressCallback | None = None) -> Profile:
+    """Parameters, FLOPs and (when ``job.measure_time``) the measured time of a 10,000-clip epoch:
+    :func:`count_profile`, then :func:`time_profile`."""
+    counts = count_profile(job, progress)
+    return time_profile(job, counts, progress) if job.measure_time else counts
 
 
 def profile_recipe(

@@ -12,6 +12,7 @@ validates the rest of the section.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_va
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.schema import MAX_WORKERS, StrictSection
 from cttlstm_cli.models import DEFAULT_ARCH, ModelConfig, model_class
-from cttlstm_cli.models.registry import validate_config
+from cttlstm_cli.models.registry import config_class, validate_config
 
 class Section(StrictSection):
     """Strict base: unknown keys, NaN, infinity and integers beyond int64 are errors (:mod:`cttlstm_cli.schema`)."""
@@ -225,9 +226,14 @@ NOT_A_BOOL = "must be a number, not true or false"
 _NUMBER_CHECKS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "finite_number")
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, raw: Any = None, overrides: list[str] | None = None) -> str:
+    """One line for the first problem: where it is (the ``--set`` that wrote the key, else ``source``),
+    the dotted key, what is wrong and the value given; an unknown key gets the nearest known one."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
+    blamed = _override_of(loc, overrides or [])
+    if blamed is not None:
+        source = f"--set {blamed}"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] != "value_error":  # our own validators' messages are kept whole
         for tail in _MESSAGE_TAILS:
@@ -235,6 +241,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     got = first.get("input")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        near = _nearest_key([str(p) for p in first["loc"]], raw)
+        if near is not None:
+            msg += f"; did you mean {near}?"
     elif first["type"] in ("dict_type", "model_type", "model_attributes_type"):
         msg = "must be a section (a mapping of keys)"
     elif isinstance(got, bool) and first["type"] in _NUMBER_CHECKS:  # false read as 0 failed "> 0"
@@ -245,6 +254,39 @@ def _format_error(err: ValidationError, source: str) -> str:
         shown = "" if quiet else f" (got {as_given(got)})"
         return f"{where}{loc}: {msg}{shown}"
     return f"{where}{msg}"
+
+
+def _override_of(loc: str, overrides: list[str]) -> str | None:
+    """The last ``--set`` that wrote the dotted key ``loc``, a key inside it, or a section holding it."""
+    for text in reversed(overrides):
+        key = text.partition("=")[0].strip()
+        if key == loc or key.startswith(loc + ".") or loc.startswith(key + "."):
+            return text
+    return None
+
+
+def _known_keys(parents: list[str], raw: Any) -> list[str]:
+    """The keys the section at ``parents`` takes (the model section's are its family's, by ``model.arch``)."""
+    section: Any = Recipe
+    for i, name in enumerate(parents):
+        if i == 0 and name == "model":
+            arch = raw.get("model", {}).get("arch", DEFAULT_ARCH) if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else DEFAULT_ARCH
+            try:
+                section = config_class(str(arch))
+            except CttlstmError:
+                return []
+            continue
+        field = getattr(section, "model_fields", {}).get(name)
+        section = getattr(field, "annotation", None)
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+    return list(getattr(section, "model_fields", {}))
+
+
+def _nearest_key(loc: list[str], raw: Any) -> str | None:
+    """The dotted known key closest in spelling to the unknown last key of ``loc``, if one is close."""
+    found = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1], raw), n=1, cutoff=0.6)
+    return ".".join([*loc[:-1], found[0]]) if found else None
 
 
 def _coerced_bool(raw: Any, validated: Any, loc: str = "") -> str | None:
@@ -304,10 +346,11 @@ def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = N
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise CttlstmError(_format_error(err, source)) from None
+        raise CttlstmError(_format_error(err, source, raw, overrides)) from None
     coerced = _coerced_bool(raw, recipe)
     if coerced:
-        where = f"{source}: " if source else ""
+        blamed = _override_of(coerced, overrides or [])
+        where = f"--set {blamed}: " if blamed else f"{source}: " if source else ""
         raise CttlstmError(f"{where}{coerced}: {NOT_A_BOOL}")
     return recipe
 

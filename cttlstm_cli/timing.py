@@ -71,6 +71,7 @@ def speed_line(
     epochs: int,
     steps_done: int = 0,
     first_step: str | None = "first step",
+    label: str = "speed",
 ) -> str:
     """``speed: X per optimizer step (CLIPS, FIRST_STEP) on DEVICE -> about Y per epoch (N steps), Z for
     the whole run (E epochs)``; a run resumed after ``steps_done`` steps gets the time of what is left."""
@@ -78,7 +79,7 @@ def speed_line(
     total = steps_per_epoch * epochs
     what = ", ".join(x for x in (clips, first_step) if x)
     line = (
-        f"speed: {format_duration(step_seconds)} per optimizer step ({what}) on {device} "
+        f"{label}: {format_duration(step_seconds)} per optimizer step ({what}) on {device} "
         f"→ about {format_duration(epoch)} per epoch ({steps_per_epoch:,} steps), "
     )
     if steps_done <= 0:

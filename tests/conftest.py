@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
+
+# Every run the tests start computes with the same threads, one per core: cttlstm otherwise picks its
+# CPU threads by the load it measures at start (devices.use_cpu_threads), and the tests that compare two
+# runs bit for bit must not see two choices. The choice itself is tested on its own (test_cpu_threads.py).
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(scope="session", autouse=True)

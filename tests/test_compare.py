@@ -240,8 +240,13 @@ def test_bubble_chart_one_bubble_per_model_area_proportional_to_parameters(cli, 
     # without LPIPS there is no chart (and an earlier one in the folder is removed)
     runs2, _ = _three_runs(tmp_path / "nolpips", metrics=("mse", "ssim"))
     assert bubble_figure(build_comparison(runs2, flops=False)) is None
-    _ok(cli("compare", *runs2, "--out", tmp_path / "out"))
+    without = cli("compare", *runs2, "--out", tmp_path / "out")
+    _ok(without)
     assert not (tmp_path / "out" / "bubbles.png").exists() and not (tmp_path / "out" / "per_frame_lpips.png").exists()
+    # and it says so, with the command that measures what the chart needs
+    assert ("note: no bubbles.png (SSIM against LPIPS, the paper's Figure 2): the reports hold no LPIPS; "
+            "'cttlstm evaluate RUN --metrics mse,psnr,ssim,lpips' measures both") in without.out
+    assert "no bubbles.png" not in cli("compare", *runs, "--out", tmp_path / "out2").out
 
 
 @pytest.mark.slow

@@ -307,7 +307,7 @@ def test_a_plugin_that_fails_is_named_in_one_line(tmp_path: Path, body: str, mes
     _pip_install(src, tmp_path / "site")
     result = _cttlstm(tmp_path / "site", "train", SMOKE, "--out", tmp_path / "run", "--set", "model={arch: tinygru}")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {SMOKE}: model.arch: {message}"]
+    assert result.stderr.strip().splitlines() == [f"error: --set model={{arch: tinygru}}: model.arch: {message}"]  # the --set wrote it
     assert not (tmp_path / "run").exists()
 
 

@@ -485,9 +485,9 @@ def test_the_next_command_is_quoted_and_runs(cli, data: Path, tmp_path: Path, va
     assert result.code == 0, result.err
     lines = [ln for ln in result.out.splitlines() if ln.startswith("next: ")]
     target = run if validated else run / "last.pt"
-    assert lines == [f"next: cttlstm evaluate {shlex.quote(str(target))}"]
+    assert lines == [f"next: cttlstm evaluate {shlex.quote(str(target))} --split val"]
     assert (run / "best.pt").is_file() == validated
     command = shlex.split(lines[0].removeprefix("next: "))
-    assert command[:2] == ["cttlstm", "evaluate"] and command[2] == str(target)
+    assert command[:2] == ["cttlstm", "evaluate"] and command[2] == str(target) and command[3:] == ["--split", "val"]
     evaluated = cli(*command[1:], "--limit", "8", "--quiet")
     assert evaluated.code == 0, evaluated.err

@@ -103,7 +103,7 @@ def test_run_training_is_the_train_command_as_a_call(trained_smoke, tmp_path: Pa
     assert not result.interrupted and result.steps == 2 and result.epochs == 1 and (tmp_path / "run" / "best.pt").is_file()
     opened = heard[0]
     assert isinstance(opened, RunOpened) and (opened.train_clips, opened.val_clips, opened.step) == (16, 8, 0)
-    assert opened.resumed_from is None and opened.device == "cpu" and isinstance(heard[1], FitStarted)
+    assert opened.resumed_from is None and opened.device.startswith("cpu (") and isinstance(heard[1], FitStarted)
     assert statuses[:2] == [f"opening the datasets in {trained_smoke.data}…", "building the model…"]
 
     longer = smoke(f"data.path={trained_smoke.data}", "train.epoch_clips=16", "train.val_clips=8", "train.epochs=2")

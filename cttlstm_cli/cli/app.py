@@ -6,9 +6,22 @@ command module imports the app without importing the package that imports it: no
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperOption
 
 from cttlstm_cli import __version__
+
+
+def _value_type(option: TyperOption, ctx: Any) -> str | None:
+    """The value column of an option in ``--help``: nothing for a flag, which takes no value
+    (typer's rich help writes ``<bool>`` beside ``--quiet`` as if one had to be given)."""
+    return None if option.is_flag else _typer_value_type(option, ctx)
+
+
+_typer_value_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _value_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="cttlstm",

@@ -18,6 +18,10 @@ SET_OPTION = typer.Option(
     None, "--set", metavar="KEY=VALUE", help="Override a recipe value, e.g. --set train.lr=1e-4 (repeatable)."
 )
 DEVICE_OPTION = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda or cuda:N.")
+THREADS_OPTION = typer.Option(
+    None, "--threads", min=1, show_default=False,
+    help="CPU threads (default: OMP_NUM_THREADS when set, else the cores that other work leaves free).",
+)
 
 
 def resolve_recipe_path(text: str) -> Path:

@@ -138,4 +138,9 @@ def compare(
         console.print(text, highlight=False)
     for note in cmp.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if cmp.horizons and cmp.measured and not any(p.name == "bubbles.png" for p in written):
+        missing = [m.upper() for m in ("ssim", "lpips") if m not in cmp.metrics]
+        why = f"the reports hold no {' and no '.join(missing)}" if missing else "no run has SSIM, LPIPS and a parameter count at one horizon"
+        console.print(f"note: no bubbles.png (SSIM against LPIPS, the paper's Figure 2): {why}; "
+                      "'cttlstm evaluate RUN --metrics mse,psnr,ssim,lpips' measures both", highlight=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)

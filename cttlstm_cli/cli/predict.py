@@ -47,7 +47,7 @@ def predict(
         None, "--context", min=1,
         help="Context frames (default: the first recipe's data.input_frames; 10 for the authors' files).",
     ),
-    start: int | None = typer.Option(None, "--start", min=0, help="First context frame of CLIP (0-based); default: see below."),
+    start: int | None = typer.Option(None, "--start", min=0, help="First context frame of CLIP (0-based); default: 0, or the clip's last context frames when it is shorter than context+steps."),
     out: Path = typer.Option(Path("pred.gif"), "--out", "-o", help="Output animation; .gif or .mp4."),
     fps: float = typer.Option(4.0, "--fps", help="Frames per second of the animation."),
     scale: int | None = typer.Option(None, "--scale", min=1, max=16, help="Integer zoom of the frames (default: up to ~128 px)."),

@@ -98,7 +98,7 @@ def prepare(
         "(http(s):// or file:// URL, or a folder; default $CTTLSTM_KTH_MIRROR), e.g. --mirror /mnt/datasets/kth.",
     ),  # fmt: skip
     # ssv2
-    subset: str = typer.Option(None, "--subset", help="ssv2: '41' for the paper's 41-category subset, or a JSON file {group: [templates]}."),
+    subset: str = typer.Option(None, "--subset", help="ssv2: '41' for the paper's 41-category subset, or a JSON file {group: \\[templates]}."),
     labels: Path = typer.Option(None, "--labels", help="ssv2: folder with the label JSON files (default: found inside SOURCE)."),
     max_frames: int = typer.Option(None, "--max-frames", min=1, help="ssv2/folder: keep at most this many frames per video."),
     # folder

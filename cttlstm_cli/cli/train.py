@@ -17,7 +17,7 @@ from rich.table import Column
 from rich.text import Text
 
 from cttlstm_cli.cli.app import app
-from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, console, err_console, resolve_recipe_path
+from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, THREADS_OPTION, console, err_console, resolve_recipe_path
 from cttlstm_cli.timing import format_duration
 from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, RunOpened, RunState, StepFinished, TrainingEvent, ValidationBatch
 
@@ -201,6 +201,7 @@ def train(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe>-<timestamp>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (default: the newest run of this recipe)."),
     device: str = DEVICE_OPTION,
+    threads: int | None = THREADS_OPTION,
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps (for trials)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no progress lines."),
     overrides: list[str] = SET_OPTION,
@@ -239,13 +240,13 @@ def train(
         elif bar is not None:
             bar(event)
 
-    result = run_training(cfg, out, resume=resume, device=device, max_steps=max_steps, events=show, log=say,
+    result = run_training(cfg, out, resume=resume, device=device, threads=threads, max_steps=max_steps, events=show, log=say,
                           status=None if quiet or not main_rank else say, console=None if quiet else console)
     if not main_rank:
         return
     if result.interrupted:
-        same = train_command(recipe, out, resume, device, max_steps, quiet, overrides)
-        go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides)
+        same = train_command(recipe, out, resume, device, max_steps, quiet, overrides, threads)
+        go_on = train_command(recipe, out, True, device, max_steps, quiet, overrides, threads)
         err_console.print(interrupted_line(out, same, go_on, result), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     run_dir = result.run_dir
@@ -263,7 +264,8 @@ def train(
 
 
 def train_command(
-    recipe: str, out: Path, resume: bool, device: str, max_steps: int | None, quiet: bool, overrides: list[str] | None
+    recipe: str, out: Path, resume: bool, device: str, max_steps: int | None, quiet: bool, overrides: list[str] | None,
+    threads: int | None = None,
 ) -> str:
     """This ``cttlstm train`` command, quoted for a POSIX shell, with the run directory spelt out
     (a default one is named after the time it was made) and ``--resume`` when ``resume``."""
@@ -272,6 +274,8 @@ def train_command(
         args.append("--resume")
     if device != "auto":
         args += ["--device", device]
+    if threads is not None:
+        args += ["--threads", str(threads)]
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
     if quiet:
@@ -301,7 +305,8 @@ def interrupted_line(out: Path, command: str, go_on: str, result: Any) -> str:
 
 
 def next_command(run_dir: Path, has_best: bool) -> str:
-    """The command that evaluates a finished run, quoted for a POSIX shell: the run directory
-    (its best.pt), or its last.pt when no validation has run yet (``--max-steps``) and there is no best.pt."""
+    """The command that evaluates a finished run on its validation split, quoted for a POSIX shell: the run
+    directory (its best.pt), or its last.pt when no validation has run yet (``--max-steps``) and there is no best.pt."""
     target = run_dir if has_best else run_dir / "last.pt"
-    return f"cttlstm evaluate {shlex.quote(str(target))}"
+    # the validation split: the test split is kept for the final comparison (as the README's tutorial does)
+    return f"cttlstm evaluate {shlex.quote(str(target))} --split val"

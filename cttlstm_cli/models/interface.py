@@ -171,6 +171,55 @@ class VideoModel(nn.Module, ABC):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """See the module docstring."""
 
+    def predict(self, frames: Any, future_frames: int = 10) -> Tensor:
+        """The ``future_frames`` frames that follow ``frames``, clamped to [0, 1], computed without an
+        autograd graph and in eval mode (the model's mode is restored after).
+
+        ``frames``: one clip ``[T, C, H, W]`` or a batch ``[B, T, C, H, W]`` of floats in [0, 1] (a
+        :class:`~cttlstm_cli.data.dataset.ClipDataset` item), or uint8 ``[T, H, W, C]`` as
+        :func:`~cttlstm_cli.data.video.read_video` returns it; a NumPy array or a tensor. Returns
+        ``[future_frames, C, H, W]`` for one clip and ``[B, future_frames, C, H, W]`` for a batch, on
+        the model's device. Anything else is refused in one line (:class:`CttlstmError`)."""
+        clips, batched = self._clips(frames)
+        if isinstance(future_frames, bool) or not isinstance(future_frames, int) or future_frames < 1:
+            raise CttlstmError(f"future_frames must be a whole number of frames, at least 1; got {future_frames!r}")
+        _, context, _, height, width = clips.shape
+        self.check_data(height, width, context)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self(clips.to(**like_parameters(self)), future_frames=future_frames)
+        finally:
+            self.train(was_training)
+        out = out.clamp(0.0, 1.0)
+        return out if batched else out[0]
+
+    def _clips(self, frames: Any) -> tuple[Tensor, bool]:
+        """``frames`` as a float batch ``[B, T, C, H, W]`` in [0, 1], and whether it was a batch."""
+        shape_help = "[frames, channels, height, width] or [batch, frames, channels, height, width] floats in [0, 1], or uint8 [frames, height, width, channels]"
+        if not torch.is_tensor(frames):
+            try:
+                frames = torch.as_tensor(frames)
+            except (TypeError, ValueError, RuntimeError):
+                raise CttlstmError(f"frames must be an array of {shape_help}; got a {type(frames).__name__}") from None
+        if frames.dtype == torch.uint8 and frames.ndim == 4:
+            frames = frames.permute(0, 3, 1, 2).float().div(255.0)  # read_video's [T, H, W, C]
+        elif not frames.is_floating_point():
+            raise CttlstmError(f"frames must be {shape_help}; got {str(frames.dtype).removeprefix('torch.')} values")
+        if frames.ndim not in (4, 5):
+            raise CttlstmError(f"frames must be {shape_help}; got shape {list(frames.shape)}")
+        batched = frames.ndim == 5
+        clips = frames if batched else frames[None]
+        if clips.shape[2] != self.image_channels:
+            raise CttlstmError(
+                f"frames have {clips.shape[2]} channel(s) (shape {list(frames.shape)}), but {self.name} takes {self.image_channels}; "
+                f"frames are {shape_help}"
+            )
+        if not bool(clips.isfinite().all()):
+            raise CttlstmError("frames hold NaN or infinite values")
+        return clips, batched
+
     def analytic_macs(self, height: int, width: int) -> int | None:
         """Exact multiply-accumulates of one-step prediction for one sample, or None when the
         family has no analytic count (then :meth:`counted_macs` is the figure)."""

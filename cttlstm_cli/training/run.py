@@ -24,7 +24,7 @@ import torch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.events import Listener, RunOpened
-from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir
+from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir, refuse_new_run_over
 
 #: ``phase(name, data_path)`` before each slow phase: "preparing" (Moving-MNIST's first use),
 #: "opening" (the datasets), "building" (the model and the trainer), "ready" (the trainer exists)
@@ -83,6 +83,8 @@ def open_trainer(
         from cttlstm_cli.locking import check_unlocked
 
         check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
+    if not resume:
+        refuse_new_run_over(out)  # before the data is opened (seconds); the trainer checks again, holding the lock
     # A model family that breaks the contract, or frames it cannot take, stop here, before any data
     # is prepared or written.
     create_model(recipe.model, recipe.data.channels).check_data(*recipe.data.frame_size, recipe.data.input_frames)
@@ -102,6 +104,7 @@ def run_training(
     *,
     resume: bool = False,
     device: str | torch.device = "auto",
+    threads: int | None = None,
     max_steps: int | None = None,
     events: Listener | None = None,
     log: Callable[[str], None] = print,
@@ -111,14 +114,15 @@ def run_training(
     """Train ``recipe`` into ``out`` (default: :func:`resolve_run_dir`) and return the
     :class:`~cttlstm_cli.training.trainer.TrainResult`.
 
-    ``device``: a torch device or a ``--device`` name ("auto", "cpu", "cuda:1", ...). ``events``
+    ``device``: a torch device or a ``--device`` name ("auto", "cpu", "cuda:1", ...); ``threads``: torch's
+    CPU threads (default: :func:`~cttlstm_cli.devices.use_cpu_threads`'s choice by load). ``events``
     hears :class:`~cttlstm_cli.training.events.RunOpened` once the run is open, then the trainer's
     events; ``status`` a line as each slow phase begins (:data:`PHASE_LINES`) and the trainer's
     status lines; ``log`` its notes and warnings. A Ctrl-C anywhere returns a result with
     ``interrupted`` set (what was saved, or what is kept: see its fields) instead of raising.
     Everything refused is a :class:`~cttlstm_cli.errors.CttlstmError`, raised before anything is written.
     """
-    from cttlstm_cli.devices import open_device
+    from cttlstm_cli.devices import cpu_threads, open_device, use_cpu_threads
     from cttlstm_cli.training.trainer import TrainResult
 
     run_dir = resolve_run_dir(recipe, out, resume)
@@ -132,10 +136,13 @@ def run_training(
             status(PHASE_LINES[name].format(path=data_path))
 
     try:
-        dev = device if isinstance(device, torch.device) else open_device(device)
+        dev = device if isinstance(device, torch.device) else open_device(device, threads)
+        if dev.type == "cpu" and isinstance(device, torch.device):
+            use_cpu_threads(threads)
         trainer = open_trainer(recipe, run_dir, dev, resume=resume, events=events, log=log, status=status, phase=phase, console=console)
         if events is not None and trainer.dist.is_main:
-            events(RunOpened(run_dir, trainer.resumed_from, trainer.step, len(trainer.train_set), len(trainer.val_set), str(trainer.device)))
+            shown = f"cpu ({cpu_threads().describe()})" if trainer.device.type == "cpu" else str(trainer.device)
+            events(RunOpened(run_dir, trainer.resumed_from, trainer.step, len(trainer.train_set), len(trainer.val_set), shown))
         return trainer.fit(max_steps=max_steps)
     except KeyboardInterrupt:
         if trainer is None:

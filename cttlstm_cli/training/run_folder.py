@@ -86,11 +86,11 @@ class RunFolder:
     @property
     def checkpoints(self) -> tuple[Path, ...]:
         """The checkpoints ``--resume`` may continue from, in the order it tries them."""
-        return (self.last, self.previous, self.best)
+        return tuple(self.root / name for name in CHECKPOINT_NAMES)
 
     def has_checkpoint(self) -> bool:
         """Whether any checkpoint exists (a run that got that far is never started over)."""
-        return any(p.exists() for p in self.checkpoints)
+        return holds_run(self.root)
 
     def stale_temporaries(self) -> list[Path]:
         """Temporary files of atomic writes cut short by a kill (``.last.tmp-<pid>.pt`` and the like)."""
@@ -151,8 +151,7 @@ class RunFolder:
         self._remove_stale_temporaries()
 
     def _start_afresh(self) -> None:
-        if self.has_checkpoint():
-            raise CttlstmError(f"--out {self.root} already holds a run; pass --resume to continue it or choose another --out")
+        refuse_new_run_over(self.root)
         # A folder with a recipe or a log but no checkpoint is a run stopped before its first
         # checkpoint: nothing in it is worth keeping, and it is not locked (we hold the lock).
         partial = [p.name for p in (self.recipe_file, self.metrics) if p.exists()] + [p.name for p in self.root.glob("events.out.tfevents.*")]
@@ -330,6 +329,21 @@ def _is_record(line: str) -> bool:
         return False
 
 
+#: the checkpoints of a run folder, in the order ``--resume`` tries them
+CHECKPOINT_NAMES = ("last.pt", "previous.pt", "best.pt")
+
+
+def holds_run(root: Path) -> bool:
+    """Whether ``root`` holds a run that got as far as a checkpoint (it is never started over)."""
+    return any((Path(root) / name).exists() for name in CHECKPOINT_NAMES)
+
+
+def refuse_new_run_over(root: Path) -> None:
+    """The one-line refusal of a new run in a folder holding one (:func:`holds_run`)."""
+    if holds_run(root):
+        raise CttlstmError(f"--out {root} already holds a run; pass --resume to continue it or choose another --out")
+
+
 def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
     """``runs/<recipe>-<YYYYmmdd-HHMMSS>``."""
     return root / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -338,7 +352,7 @@ def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
 def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
     """The most recent ``runs/<recipe>-*`` holding a run (a recipe or a checkpoint), for ``--resume``
     without ``--out``; a run stopped before its first checkpoint counts, as it resumes from step 0."""
-    run_files = ("recipe.yaml", "last.pt", "previous.pt", "best.pt")
+    run_files = ("recipe.yaml", *CHECKPOINT_NAMES)
     runs = [p for p in root.glob(f"{recipe.name}-*") if any((p / name).exists() for name in run_files)]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
@@ -382,10 +396,13 @@ def dig(tree: Any, keys: list[str]) -> Any:
 
 __all__ = [
     "RESUMABLE_CHANGES",
+    "CHECKPOINT_NAMES",
     "RunFolder",
     "comparable_recipe",
     "default_run_dir",
     "dig",
+    "holds_run",
     "newest_run_dir",
     "recipe_difference",
+    "refuse_new_run_over",
 ]

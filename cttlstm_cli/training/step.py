@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -79,6 +80,44 @@ def model_loss(
     if outputs is None:  # a classifier only
         return cross_entropy
     return recipe.train.prediction_weight * net.loss(outputs, targets, recipe.train.loss) + cross_entropy
+
+
+def probe_step_seconds(model: nn.Module, recipe: Recipe, device: torch.device, clips: int = 1) -> float:
+    """Seconds of the forward and backward of ``clips`` random clips, a first estimate of the time per
+    clip of a training step that may itself take minutes (a paper recipe on a CPU). Leaves no trace:
+    the gradients, the buffers (normalisation statistics) and the random state are as they were, so
+    that a run with the probe trains exactly as one without."""
+    net = unwrap(model)
+    data = recipe.data
+    params = list(net.parameters())
+    grads = [p.grad for p in params]
+    buffers = [(b, b.detach().clone()) for b in net.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    sample = torch.rand(clips, data.clip_frames, net.image_channels, *data.frame_size, device=device)
+    labels = torch.zeros(clips, dtype=torch.long, device=device) if getattr(net, "classifier", None) is not None else None
+    was_training = net.training
+    net.train()
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(recipe.train.precision, device):
+            loss = model_loss(net, sample, recipe, 1.0, labels=labels)
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        net.train(was_training)
 
 
 @contextlib.contextmanager

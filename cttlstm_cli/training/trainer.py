@@ -28,12 +28,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cttlstm_cli.devices import cpu_threads
 from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
 from cttlstm_cli.checkpoint import optimizer_state_mismatch
 from cttlstm_cli.checkpoint_schema import TrainingCheckpoint
-from cttlstm_cli.timing import StepClock, slow_epoch_note, speed_line
+from cttlstm_cli.timing import StepClock, format_duration, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.distributed import setup_distributed
 from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, Listener, RunState, StepFinished, TrainingEvent, ValidationBatch
@@ -41,7 +42,7 @@ from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.rng import rng_state, seed_everything, set_rng_state, step_generator
 from cttlstm_cli.training.run_folder import RunFolder
 from cttlstm_cli.training.schedule import PlateauSchedule, one_cycle
-from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, train_step
+from cttlstm_cli.training.step import autocast, build_training_model, compile_model, make_optimizer, model_loss, probe_step_seconds, train_step
 
 #: what torch's OneCycleLR keeps in each param group once it has started, and reads back when it is
 #: built again mid-cycle (:func:`~cttlstm_cli.training.schedule.one_cycle` on a resumed run)
@@ -454,7 +455,7 @@ class Trainer:
 
     def _describe_device(self) -> str:
         if self.device.type == "cpu":
-            return f"cpu ({torch.get_num_threads()} threads)"
+            return f"cpu ({cpu_threads().count()})"
         if self.device.type == "cuda":
             return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
         return str(self.device)
@@ -471,8 +472,29 @@ class Trainer:
         if not compiling:
             self._note_if_slow(steps_per_epoch)
 
+    def _estimate_speed(self, steps_per_epoch: int) -> None:
+        """Before the first step (which may take minutes on a CPU): time one clip's forward and backward
+        (:func:`probe_step_seconds`, which changes nothing) and say what a step, an epoch and the run
+        would take at that rate, with the slow-epoch note where it applies."""
+        self._say("timing one clip for a first estimate…")
+        seconds = probe_step_seconds(self.net, self.recipe, self.device)
+        batch = self.recipe.train.batch_size
+        estimate = seconds * batch
+        per_step = f"{batch} clips" + (f" on each of {self.dist.world} processes" if self.dist.world > 1 else "")
+        self._say(speed_line(estimate, per_step, self._describe_device(), steps_per_epoch, self.recipe.train.epochs, self.step,
+                             f"from 1 clip timed in {format_duration(seconds)}", label="estimate"))
+        note = slow_epoch_note(estimate, steps_per_epoch, self.device)
+        if note is not None:
+            self._note(note)
+            self._slow_noted = True
+
+    _slow_noted = False  # the slow-epoch note was given (by the estimate): once is enough
+
     def _note_if_slow(self, steps_per_epoch: int) -> None:
         step = self.clock.step_seconds
+        if self._slow_noted:
+            self._slow_note_due = False
+            return
         if not self._slow_note_due or step is None:
             return
         self._slow_note_due = False
@@ -486,6 +508,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
         if self._session_steps == 0 and self.position < steps_per_epoch:
+            if self.status is not None:
+                self._estimate_speed(steps_per_epoch)
             # Before the loader starts: its workers' first batch is part of this wait.
             compiling = ", torch.compile included" if cfg.compile else ""
             self._say(f"first optimizer step (measuring speed{compiling})…")
