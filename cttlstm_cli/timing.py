@@ -58,7 +58,7 @@ def slow_epoch_note(step_seconds: float, steps_per_epoch: int, device: object) -
         return None
     return (
         f"an epoch takes about {format_duration(epoch)} on this CPU ({steps_per_epoch:,} steps of {format_duration(step_seconds)}): "
-        f"the paper's recipes are meant for GPUs. On a CPU, try {CPU_TUTORIAL_RECIPE}, a small Conv-TT-LSTM on 32x32 "
+        f"the paper's recipes are meant for GPUs. On a CPU, try {CPU_TUTORIAL_RECIPE}, a small SimVP on 32x32 "
         f"Moving-MNIST that learns in about 10 minutes on 2 cores (cttlstm train {CPU_TUTORIAL_RECIPE}). This run goes on"
     )
 

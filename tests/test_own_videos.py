@@ -36,7 +36,7 @@ def test_prepare_folder_train_evaluate_predict(cli, tmp_path: Path) -> None:
     assert sum(s["videos"] for s in manifest["splits"].values()) == 8
 
     overrides = ["data.dataset=folder", f"data.path={data}", "data.frame_size=[16,16]", "data.channels=1",
-                 "data.input_frames=4", "data.future_frames=4", "train.epochs=1", "train.epoch_clips=8", "train.batch_size=4"]  # fmt: skip
+                 "data.input_frames=4", "model.frames=4", "data.future_frames=4", "train.epochs=1", "train.epoch_clips=8", "train.batch_size=4"]  # fmt: skip
     sets = [a for o in overrides for a in ("--set", o)]
     trained = cli("train", RECIPES / "tutorial.yaml", "--out", run, *sets, "-q")
     assert trained.code == 0, trained.err
