@@ -226,14 +226,17 @@ NOT_A_BOOL = "must be a number, not true or false"
 _NUMBER_CHECKS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "finite_number")
 
 
-def _format_error(err: ValidationError, source: str, raw: Any = None, overrides: list[str] | None = None) -> str:
-    """One line for the first problem: where it is (the ``--set`` that wrote the key, else ``source``),
-    the dotted key, what is wrong and the value given; an unknown key gets the nearest known one."""
+def _format_error(
+    err: ValidationError, source: str, raw: Any = None, overrides: list[str] | None = None, overrides_source: str = "--set"
+) -> str:
+    """One line for the first problem: where it is (the override that wrote the key, as
+    ``overrides_source KEY=VALUE``, else ``source``), the dotted key, what is wrong and the value given;
+    an unknown key gets the nearest known one."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     blamed = _override_of(loc, overrides or [])
     if blamed is not None:
-        source = f"--set {blamed}"
+        source = f"{overrides_source} {blamed}"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] != "value_error":  # our own validators' messages are kept whole
         for tail in _MESSAGE_TAILS:
@@ -336,8 +339,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = None) -> Recipe:
-    """Validate a raw mapping (plus overrides) into a :class:`Recipe`."""
+def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = None, overrides_source: str = "--set") -> Recipe:
+    """Validate a raw mapping (plus overrides) into a :class:`Recipe`. A problem is one line naming
+    ``source``, or the override that caused it, as ``overrides_source KEY=VALUE`` (``--set`` on the
+    command line; a suite says which of its models set it)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -346,11 +351,11 @@ def recipe_from_dict(raw: Any, source: str = "", overrides: list[str] | None = N
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise CttlstmError(_format_error(err, source, raw, overrides)) from None
+        raise CttlstmError(_format_error(err, source, raw, overrides, overrides_source)) from None
     coerced = _coerced_bool(raw, recipe)
     if coerced:
         blamed = _override_of(coerced, overrides or [])
-        where = f"--set {blamed}: " if blamed else f"{source}: " if source else ""
+        where = f"{overrides_source} {blamed}: " if blamed else f"{source}: " if source else ""
         raise CttlstmError(f"{where}{coerced}: {NOT_A_BOOL}")
     return recipe
 

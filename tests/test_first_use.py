@@ -203,3 +203,15 @@ def test_reusing_the_out_of_a_run_is_refused_before_any_data_is_opened(cli, trai
     assert result.code == 2
     assert result.err.strip() == f"error: --out {trained_smoke.run} already holds a run; pass --resume to continue it or choose another --out"
     assert not never.exists()  # Moving-MNIST was not prepared for a run that could not start
+
+
+def test_a_typo_in_a_suites_set_names_the_suite_and_its_model(tmp_path: Path) -> None:
+    from cttlstm_cli.suite import load_suite, resolve_models
+
+    text = (REPO / "suites" / "smoke.yaml").read_text().replace("    recipe: smoke\n", "    recipe: smoke\n    set: {model.chanels: [4, 4]}\n", 1)
+    suite_file = tmp_path / "typo.yaml"
+    suite_file.write_text(text)
+    with pytest.raises(CttlstmError) as caught:
+        resolve_models(load_suite(suite_file), suite_file)
+    assert str(caught.value) == (f"{suite_file}: model 'convttlstm': set model.chanels=[4, 4]: model.chanels: unknown key; "
+                                 "did you mean model.channels?")

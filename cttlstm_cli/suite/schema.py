@@ -238,7 +238,7 @@ def resolve_models(suite: Suite, suite_path: str | Path) -> list[ResolvedModel]:
         raw["data"] = dict(data)
         raw["train"] = {**raw["train"], **suite.train, **budget}
         raw["eval"] = {**raw["eval"], **evaluation}
-        recipe = recipe_from_dict(raw, f"{where} ({path})", entry.overrides())
+        recipe = recipe_from_dict(raw, f"{where} ({path})", entry.overrides(), overrides_source=f"{where}: set")
         got = _dotted(recipe.to_dict())
         for key, value in shared.items():
             if got.get(key) != value:
