@@ -12,14 +12,9 @@ from typing import Any
 import pytest
 
 from cttlstm_cli.evaluation import paper_results
-from cttlstm_cli.evaluation.compare import (
-    MAX_BUBBLE_AREA,
-    bubble_figure,
-    build_comparison,
-    format_count,
-    format_metric,
-    per_frame_figures,
-)
+from cttlstm_cli.evaluation.compare import build_comparison, format_metric
+from cttlstm_cli.evaluation.plots import MAX_BUBBLE_AREA, bubble_figure, per_frame_figures
+from cttlstm_cli.evaluation.report import format_count
 
 from conftest import assert_unchanged, file_snapshot, one_error_line
 

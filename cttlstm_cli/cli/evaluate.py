@@ -16,7 +16,6 @@ from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.schema import MAX_WORKERS
 
 _FORMATS = {"mse": "{:.2f}", "mae": "{:.2f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.2f}"}
-_TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
 
 
 class _Bar:
@@ -53,6 +52,7 @@ class _Bar:
 
 def _table(reports: list[dict[str, Any]]) -> Table:
     from cttlstm_cli.evaluation.report import report_label
+    from cttlstm_cli.evaluation.report import METRIC_TITLES
     from cttlstm_cli.evaluation.verdict import TRIVIAL_LABELS
 
     horizons = []
@@ -78,7 +78,7 @@ def _table(reports: list[dict[str, Any]]) -> Table:
         for m in metrics:
             scale = " ×10³" if conv == "paper" and m in ("mse", "mae", "lpips") else ""
             arrow = "↑" if m in ("psnr", "ssim") else "↓"
-            table.add_column(f"{context}→{f}\n{_TITLES[m]}{scale} {arrow}", justify="right")
+            table.add_column(f"{context}→{f}\n{METRIC_TITLES[m]}{scale} {arrow}", justify="right")
     table.add_column("clips", justify="right")
     table.add_column("params", justify="right")
 

@@ -32,19 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from cttlstm_cli.evaluation.verdict import HIGHER_IS_BETTER
-from cttlstm_cli.atomic import atomic_path, require_output_folder, write_json_atomic, write_text_atomic
+from cttlstm_cli.atomic import require_output_folder, write_json_atomic, write_text_atomic
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.evaluation import paper_results as paper
-from cttlstm_cli.evaluation.report import REPORT_FILE, default_reports, load_json, read_report_file, report_label
+from cttlstm_cli.evaluation.plots import bubble_figure, per_frame_figures, save_figure
+from cttlstm_cli.evaluation.report import (
+    DATASET_NAMES,
+    METRIC_TITLES,
+    REPORT_FILE,
+    default_reports,
+    format_count,
+    load_json,
+    read_report_file,
+    report_label,
+)
 
 #: metric order in tables (the evaluate reports' names)
 METRIC_ORDER = ("mse", "mae", "psnr", "ssim", "lpips")
-_TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
-#: readable dataset names for titles (``data.dataset`` in reports)
-DATASET_NAMES = {"mmnist": "Moving-MNIST-2", "kth": "KTH action", "ssv2": "Something-Something V2", "folder": "folder"}
-#: the largest bubble's area in points² (matplotlib ``scatter(s=...)``)
-MAX_BUBBLE_AREA = 3000.0
-#: default output folder of ``cttlstm compare``
 DEFAULT_OUT = "comparison"
 
 
@@ -475,7 +479,7 @@ class Comparison:
             return f"{self.context_frames}->{f} {metric}"
         scale = " ×10³" if self.convention == "paper" and metric in ("mse", "mae", "lpips") else ""
         arrow = "↑" if metric in HIGHER_IS_BETTER else "↓"
-        return f"{self.context_frames}→{f} {_TITLES.get(metric, metric)}{scale} {arrow}"
+        return f"{self.context_frames}→{f} {METRIC_TITLES.get(metric, metric)}{scale} {arrow}"
 
     # ----- tables as plain cells
 
@@ -667,17 +671,6 @@ def format_metric(value: float | None, quoted: str | None = None) -> str:
     if abs(v) >= 1:
         return f"{v:.2f}"
     return f"{v:#.4g}"
-
-
-def format_count(value: int | None, as_printed: bool = False) -> str:
-    """Parameters or FLOPs with a unit: ``2.69M``, ``37.83G``, ``12.3k`` (``as_printed``: ``106.6G``)."""
-    if value is None:
-        return "-"
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            scaled = value / scale
-            return f"{scaled:.1f}{unit}" if as_printed and abs(scaled) >= 100 else f"{scaled:.2f}{unit}"
-    return str(int(value))
 
 
 def format_percent(value: float | None) -> str:
@@ -875,120 +868,6 @@ def build_comparison(
     return cmp
 
 
-# --------------------------------------------------------------------------- figures
-
-
-@dataclass
-class Bubble:
-    """One plotted bubble: a model at one horizon, its area in points² proportional to its parameters."""
-
-    label: str
-    horizon: int
-    lpips: float
-    ssim: float
-    parameters: int
-    area: float
-    quoted: bool
-
-
-def _figure(width: float, height: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def bubble_figure(cmp: Comparison) -> tuple[Any, list[Bubble]] | None:
-    """The SSIM-vs-LPIPS bubble chart (the paper's Figure 2): one panel per horizon, one bubble per
-    model holding both metrics and a parameter count there, area proportional to its parameters
-    (one scale for the whole figure), each labelled; quoted rows are hollow. None when no measured
-    row has both SSIM and LPIPS."""
-    def usable(r: Row, f: int) -> bool:
-        m = r.horizons.get(f, {})
-        return m.get("ssim") is not None and m.get("lpips") is not None and bool(r.parameters)
-
-    panels = [f for f in cmp.horizons if any(usable(r, f) for r in cmp.measured)]
-    if not panels:
-        return None
-    largest = max(r.parameters or 0 for f in panels for r in cmp.rows if usable(r, f))
-    fig = _figure(5.2 * len(panels), 4.2)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    bubbles: list[Bubble] = []
-    colours = _colours()
-    for ax, f in zip(axes, panels):
-        for i, r in enumerate(cmp.rows):
-            if not usable(r, f):
-                continue
-            params = int(r.parameters or 0)
-            lpips, ssim = float(r.horizons[f]["lpips"] or 0), float(r.horizons[f]["ssim"] or 0)  # usable(): not None
-            b = Bubble(r.label, f, lpips, ssim, params, MAX_BUBBLE_AREA * params / largest, r.quoted)
-            colour = colours[i % len(colours)]
-            if r.quoted:
-                ax.scatter([b.lpips], [b.ssim], s=[b.area], facecolors="none", edgecolors=colour, linestyles="--",
-                           linewidths=1.2)
-            else:
-                ax.scatter([b.lpips], [b.ssim], s=[b.area], color=colour, alpha=0.55, edgecolors="black",
-                           linewidths=0.6)
-            name = f"{b.label} [paper]" if b.quoted else b.label
-            # the label sits just above the bubble's edge, so that overlapping bubbles keep readable labels
-            radius = math.sqrt(b.area / math.pi)
-            ax.annotate(f"{name} ({format_count(b.parameters)})", (b.lpips, b.ssim), xytext=(0, radius + 2),
-                        textcoords="offset points", fontsize=7, ha="center", va="bottom")
-            bubbles.append(b)
-        scale = " ×10³" if cmp.convention == "paper" else ""
-        ax.set_xlabel(f"LPIPS{scale} (lower is better)")
-        ax.set_ylabel("SSIM (higher is better)")
-        ax.set_title(f"{cmp.context_frames}→{f}", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.margins(x=0.25, y=0.35)  # room for the labels above the bubbles
-    fig.suptitle(f"SSIM vs LPIPS, bubble area ∝ parameters — {DATASET_NAMES.get(cmp.dataset, cmp.dataset)}, "
-                 f"{cmp.convention} convention", fontsize=10)
-    return fig, bubbles
-
-
-def _colours() -> list[str]:
-    return [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")]
-
-
-def per_frame_figures(cmp: Comparison) -> dict[str, Any]:
-    """One figure per metric: every measured model's per-frame curve at every shown horizon
-    (x = frame index after the context), one line per model and horizon."""
-    figures: dict[str, Any] = {}
-    colours = _colours()
-    for metric in cmp.metrics:
-        if not any(r.per_frame.get(f, {}).get(metric) for r in cmp.measured for f in cmp.horizons):
-            continue
-        fig = _figure(6.0, 3.8)
-        ax = fig.subplots()
-        styles = ["-", "--", ":", "-."]
-        for i, r in enumerate(cmp.measured):
-            for j, f in enumerate(cmp.horizons):
-                values = r.per_frame.get(f, {}).get(metric)
-                if not values:
-                    continue
-                x = list(range(cmp.context_frames + 1, cmp.context_frames + len(values) + 1))
-                label = r.label if len(cmp.horizons) == 1 else f"{r.label} ({cmp.context_frames}→{f})"
-                ax.plot(x, values, styles[j % len(styles)], color=colours[i % len(colours)], label=label,
-                        marker="o" if len(values) <= 12 else None, markersize=3)
-        scale = " ×10³" if cmp.convention == "paper" and metric in ("mse", "mae", "lpips") else ""
-        better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
-        name = _TITLES.get(metric, metric)
-        ax.set_title(f"{name}{scale} per frame ({better}), {cmp.convention} convention", fontsize=10)
-        ax.set_xlabel("frame (after the context)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        figures[metric] = fig
-    return figures
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
 # --------------------------------------------------------------------------- writing
 
 #: every file name compare may write
@@ -1051,9 +930,9 @@ def write_comparison(cmp: Comparison, out: str | Path = DEFAULT_OUT) -> list[Pat
     if cmp.activity:
         written.append(write_text_atomic(out / "activity.csv", cmp.activity_csv()))
     if bubbles is not None:
-        written.append(_save(bubbles[0], out / "bubbles.png"))
+        written.append(save_figure(bubbles[0], out / "bubbles.png"))
     for metric, fig in figures.items():
-        written.append(_save(fig, out / f"per_frame_{metric}.png"))
+        written.append(save_figure(fig, out / f"per_frame_{metric}.png"))
     payload = cmp.to_dict()
     payload["files"] = [p.name for p in written] + ["comparison.json"]
     payload["sha256"] = {p.name: _sha256(p) for p in written}  # what is ours on a rerun (files_written_before)
@@ -1065,13 +944,11 @@ def write_comparison(cmp: Comparison, out: str | Path = DEFAULT_OUT) -> list[Pat
 
 __all__ = [
     "ActivityRow",
-    "Bubble",
     "CheckpointInfo",
     "Comparison",
     "DEFAULT_OUT",
     "LoadedReport",
     "Row",
-    "bubble_figure",
     "build_comparison",
     "check_comparable",
     "checkpoint_info",
@@ -1080,7 +957,6 @@ __all__ = [
     "load_sources",
     "match_profile",
     "minutes_per_epoch",
-    "per_frame_figures",
     "read_report_file",
     "write_comparison",
 ]

@@ -396,6 +396,23 @@ def _why(error: Mapping[str, Any]) -> str:
     return f"{error['msg']}, got {got}"
 
 
+#: a metric's name in tables and figure titles
+METRIC_TITLES = {"mse": "MSE", "mae": "MAE", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS"}
+#: a report's ``data.dataset`` as tables and figures name it
+DATASET_NAMES = {"mmnist": "Moving-MNIST-2", "kth": "KTH action", "ssv2": "Something-Something V2", "folder": "folder"}
+
+
+def format_count(value: int | None, as_printed: bool = False) -> str:
+    """Parameters or FLOPs with a unit: ``2.69M``, ``37.83G``, ``12.3k`` (``as_printed``: ``106.6G``)."""
+    if value is None:
+        return "-"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            scaled = value / scale
+            return f"{scaled:.1f}{unit}" if as_printed and abs(scaled) >= 100 else f"{scaled:.2f}{unit}"
+    return str(int(value))
+
+
 def _shown(value: Any) -> str:
     """A value as JSON would show it, short and on one line (nested junk is only named)."""
     if isinstance(value, Mapping):
@@ -409,6 +426,8 @@ def _shown(value: Any) -> str:
 
 __all__ = [
     "BASELINE_NAMES",
+    "DATASET_NAMES",
+    "METRIC_TITLES",
     "REPORT_FILE",
     "Accuracy",
     "CombinedReport",
@@ -419,6 +438,7 @@ __all__ = [
     "Report",
     "Scores",
     "default_output_dir",
+    "format_count",
     "default_reports",
     "load_json",
     "parse_report",

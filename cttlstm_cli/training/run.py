@@ -148,18 +148,7 @@ def run_training(
         if trainer is None:
             return TrainResult(run_dir=run_dir, epochs=0, steps=0, best_val_loss=math.inf, best_epoch=-1, interrupted=True, preparing=preparing)
         trainer.close()
-        return TrainResult(
-            run_dir=run_dir,
-            epochs=trainer.epoch,
-            steps=trainer.step,
-            best_val_loss=trainer.schedule.best_loss,
-            best_epoch=trainer.schedule.best_epoch,
-            interrupted=True,
-            resumed_from=trainer.resumed_from,
-            notes=trainer.notes,
-            session_steps=trainer.session_steps,
-            kept_step=trainer.run.last_saved_step(),
-        )
+        return trainer.result(interrupted=True)
 
 
 __all__ = ["PHASE_LINES", "PhaseFn", "open_trainer", "resolve_run_dir", "run_training"]

@@ -383,6 +383,11 @@ class Trainer:
             self.run.close_log()
         if not interrupted:
             self.save()
+        return self.result(interrupted, saved)
+
+    def result(self, interrupted: bool = False, saved: Path | None = None) -> TrainResult:
+        """Where the run stands, as a :class:`TrainResult`: ``interrupted`` by a Ctrl-C that wrote ``saved``
+        (None: nothing new, and ``kept_step`` says what ``last.pt`` holds)."""
         return TrainResult(
             run_dir=self.run.root,
             epochs=self.epoch,
