@@ -12,7 +12,7 @@ import torch
 
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import load_recipe
-from cttlstm_cli.training.distributed import Distributed
+from cttlstm_cli.distributed import Distributed
 from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, RunOpened, StepFinished, TrainingEvent, ValidationBatch
 from cttlstm_cli.training.run import resolve_run_dir, run_training
 from cttlstm_cli.training.run_folder import RunFolder

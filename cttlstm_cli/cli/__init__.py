@@ -98,7 +98,11 @@ def _run(argv: list[str] | None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - the last resort: see crash_report
         from cttlstm_cli.devices import allocation_size, is_allocation_failure
+        from cttlstm_cli.distributed import collective_failure
 
+        if (line := collective_failure(err)) is not None:  # another rank's fault, or the network's: not a bug here
+            print(f"error: {line}", file=sys.stderr)
+            return GROUP_FAILED
         if is_allocation_failure(err):  # what fits depends on the machine: the job's size, not a bug
             print(f"error: {OUT_OF_MEMORY} ({allocation_size(err)}); {OUT_OF_MEMORY_ADVICE}", file=sys.stderr)
             return 2
@@ -109,6 +113,8 @@ def _run(argv: list[str] | None) -> int:
 
 #: exit code of a command stopped by an unexpected exception (BSD's EX_SOFTWARE): a bug, not bad input
 INTERNAL_ERROR = 70
+#: exit code of a rank whose torchrun group failed around it (EX_TEMPFAIL: a restart may well succeed)
+GROUP_FAILED = 75
 #: the line of a job that asked for more memory than the machine has, where no estimate refused it first
 OUT_OF_MEMORY = "out of memory"
 OUT_OF_MEMORY_ADVICE = "a smaller batch (train.micro_batch, --batch-size), frame size, rollout or model needs less"
@@ -146,5 +152,9 @@ def crash_report(err: BaseException, argv: list[str] | None) -> str:
 
 
 def entry_point() -> None:
-    """Console-script entry (``cttlstm``)."""
-    sys.exit(main())
+    """Console-script entry (``cttlstm``, ``python -m cttlstm_cli``)."""
+    code = main()
+    from cttlstm_cli.distributed import leave_group
+
+    leave_group(code)  # under torchrun: the process group torn down, then gone (never returns there)
+    sys.exit(code)

@@ -160,7 +160,8 @@ def _accuracy_table(reports: list[dict[str, Any]]) -> Table | None:
         "  cttlstm evaluate runs/convlstm runs/convttlstm --future 10,30 (side by side, one row each)\n\n"
         "  cttlstm evaluate run/best.pt --convention openstl --metrics mse,mae,ssim --json\n\n"
         "  cttlstm evaluate convttlstm-mnist.pt --data data/mmnist      (an authors' checkpoint)\n\n"
-        "  cttlstm evaluate runs/x --lpips-weights ~/.cache/cttlstm/lpips/alexnet.ckpt --device cuda"
+        "  cttlstm evaluate runs/x --lpips-weights ~/.cache/cttlstm/lpips/alexnet.ckpt --device cuda\n\n"
+        "  torchrun --nproc-per-node 4 -m cttlstm_cli evaluate runs/x --device cuda   (4 GPUs share the clips)"
     )
 )
 def evaluate(
@@ -191,10 +192,12 @@ def evaluate(
     top-1 activity accuracy, overall and per activity group. The same clips are scored for
     two trivial predictors (copy the last context frame; a blank frame) as a sanity line:
     a model that does not beat them has not learnt the motion. Writes report.json and
-    per_frame.png; prints a table (or --json).
+    per_frame.png; prints a table (or --json). Under torchrun the ranks share the clips and
+    rank 0 writes the one report (docs/distributed.md).
     """
     from cttlstm_cli.atomic import require_output_folder
     from cttlstm_cli.devices import open_device
+    from cttlstm_cli.distributed import setup_distributed
     from cttlstm_cli.evaluation.metrics import get_convention, parse_metrics
     from cttlstm_cli.evaluation.runner import (
         combined_report,
@@ -215,12 +218,13 @@ def evaluate(
         raise CttlstmError("the same checkpoint is given twice")
     if out is not None:
         require_output_folder(out)
-    dev = open_device(device)
+    group = setup_distributed(open_device(device))  # under torchrun: the ranks share the clips
+    dev = group.device
     lpips_model = shared_lpips(metric_names, lpips_weights, dev)
 
     reports = []
     for path in paths:
-        bar = None if quiet else _Bar(report_label(str(path)))
+        bar = None if quiet or not group.is_main else _Bar(report_label(str(path)))
         try:
             report = evaluate_checkpoint(
                 path,
@@ -245,6 +249,8 @@ def evaluate(
         reports.append(report.to_dict())
         conv = conv or report.convention  # one convention for every row of the table
 
+    if not group.is_main:
+        return  # every rank holds the whole report; rank 0 alone writes and prints it
     written = write_reports(reports, checkpoints, split, out)
     if as_json:
         typer.echo(json.dumps(combined_report(reports), indent=2))

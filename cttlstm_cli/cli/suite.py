@@ -73,6 +73,7 @@ class SuiteProgress:
         "  cttlstm suite run suites/table2-cpu.yaml --out runs/table2-cpu      (every family, about an hour on 2 cores)\n\n"
         "  cttlstm suite run suites/smoke.yaml --out runs/suite-smoke          (two tiny models, a minute)\n\n"
         "  cttlstm suite run suites/table2-paper.yaml --out runs/table2 --device cuda\n\n"
+        "  torchrun --nproc-per-node 8 -m cttlstm_cli suite run suites/table2-paper.yaml --out runs/table2 --device cuda\n\n"
         "  cttlstm suite status runs/table2-cpu"
     ),
 )
@@ -92,13 +93,15 @@ def run(
     models differ in data, budget or evaluation is refused before anything trains.
     """
     from cttlstm_cli.devices import open_device
+    from cttlstm_cli.distributed import setup_distributed
     from cttlstm_cli.suite import SuiteInterrupted, SuiteRun, load_suite
 
     spec = load_suite(suite)
-    dev = open_device(device)
+    group = setup_distributed(open_device(device))  # under torchrun: DDP trainings, the test clips shared
+    quiet = quiet or not group.is_main  # rank 0 alone speaks
     progress = None if quiet else SuiteProgress()
     try:
-        runner = SuiteRun(spec, suite, out, dev, progress)
+        runner = SuiteRun(spec, suite, out, group.device, progress)
         if not quiet:
             names = ", ".join(m.name for m in runner.models)
             console.print(f"suite {spec.name}: {len(runner.models)} models ({names}), {spec.budget.steps:,} steps of "
@@ -115,6 +118,8 @@ def run(
     finally:
         if progress is not None:
             progress.close()
+    if not group.is_main:
+        return
     console.print((out / "summary.md").read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'comparison'}, {out / 'predictions.gif'}, {out / 'summary.md'}", markup=False,
                   highlight=False, soft_wrap=True)

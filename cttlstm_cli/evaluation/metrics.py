@@ -356,12 +356,17 @@ class MetricAccumulator:
             raise CttlstmError("no batches were evaluated")
         return [self.sums[m] for m in self.metrics] + [self.count]
 
-    def all_reduce(self, group: Any = None) -> None:
-        """Sum the state over all ranks of ``torch.distributed`` (no-op when not distributed)."""
+    def all_reduce(self, group: Any = None, num_frames: int | None = None) -> None:
+        """Sum the state over all ranks of ``torch.distributed`` (no-op when not distributed). A rank
+        that saw no clip (fewer clips than ranks) joins with zeros of ``num_frames`` frames."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return
+        if self.count is None:
+            if num_frames is None:
+                raise CttlstmError("no batches were evaluated on this rank and no frame count was given")
+            self._init_state(num_frames, self.device or torch.device("cpu"))
         for t in self.state_tensors():
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 

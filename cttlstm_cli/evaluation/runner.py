@@ -23,6 +23,10 @@ gives one clip from its observed beginning (``EarlyActivityDataset``); the logit
 predicting the recipe's ``data.future_frames`` frames give top-1 accuracy, overall and per
 activity group (the manifest's ``groups``), as in the paper's Tables 1 and 3. The predicted
 frames of those clips are scored with the frame metrics as well.
+
+Under torchrun (a process group joined, :func:`cttlstm_cli.distributed.setup_distributed`) every rank
+scores its share of the clips (every world-th one) and the metric sums, clip counts and activity labels
+are added up across ranks, so that every rank returns the report one process would have made.
 """
 
 from __future__ import annotations
@@ -301,7 +305,10 @@ def evaluate_model(
     models only)."""
     from cttlstm_cli.data.dataset import EarlyActivityDataset, open_dataset
 
+    from cttlstm_cli.distributed import joined_group
+
     device = torch.device(device)
+    group = joined_group(device)  # under torchrun (a group joined): the clips are shared among the ranks
     conv = get_convention(convention)
     metric_names = parse_metrics(metrics)
     if not future or any(int(f) < 1 for f in future):
@@ -333,9 +340,18 @@ def evaluate_model(
             else {}
         )
         description = f"{context}->{f}" + (" + activity" if classify else "")
+        clips = _limited(dataset, limit)
+        if group.world > 1:  # under torchrun each rank scores its share; the sums are added below
+            clips = Subset(clips, group.share(len(clips)))  # type: ignore[arg-type]
         found = predict_and_score(
-            model, _limited(dataset, limit), context, f, acc, device, batch_size, workers, progress, description, classify, trivial
+            model, clips, context, f, acc, device, batch_size, workers, progress if group.is_main else None, description, classify, trivial
         )
+        if group.world > 1:
+            for scored_here in ([acc] if model.predicts_frames else []) + list(trivial.values()):
+                scored_here.all_reduce(num_frames=f)
+            if found is not None:
+                every = group.gather(found)
+                found = torch.cat([labels for labels, _ in every]), torch.cat([pred for _, pred in every])
         if found is not None:
             manifest = dataset.base.manifest  # type: ignore[attr-defined]
             accuracy = activity_accuracy(*found, manifest.get("groups"), manifest.get("label_names"))

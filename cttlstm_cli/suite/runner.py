@@ -14,6 +14,10 @@ Restartable by construction: every file is written atomically, state.json only r
 once its outputs are complete, and an unfinished training resumes from its ``last.pt`` (bit-exact,
 :class:`~cttlstm_cli.training.trainer.Trainer`). SIGKILL at any moment and the same command again
 ends with the same numbers as an uninterrupted run.
+
+Under torchrun (``torchrun … -m cttlstm_cli suite run``) every rank trains each model with DDP and
+scores its share of the test clips; rank 0 alone locks and writes the folder, probes the step time,
+and compares and renders at the end (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import torch
 
 from cttlstm_cli.atomic import require_output_folder, write_json_atomic, write_text_atomic
+from cttlstm_cli.distributed import joined_group
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.suite.schema import ResolvedModel, Suite, resolve_models
 
@@ -133,6 +138,19 @@ def _eval_dir(model_dir: Path, suite: Suite) -> Path:
     return default_output_dir(model_dir, suite.eval.split, suite.eval.future_frames, suite.eval.convention)
 
 
+def _per_process(model: ResolvedModel, world: int) -> ResolvedModel:
+    """``model`` trained by ``world`` processes on the suite's budget: each takes an equal part of every
+    optimizer step's clips, so the steps, the clips of each step and the numbers stay those of one process."""
+    from dataclasses import replace
+
+    batch = model.recipe.train.batch_size
+    if batch % world:
+        raise CttlstmError(f"the suite's budget.batch_size ({batch}) does not divide among the {world} processes of torchrun; "
+                           f"make it a multiple of {world}")
+    train = model.recipe.train.model_copy(update={"batch_size": batch // world})
+    return replace(model, recipe=model.recipe.model_copy(update={"train": train}))
+
+
 class SuiteRun:
     """One run of a suite into a folder; :meth:`run` does what is not done yet."""
 
@@ -145,8 +163,15 @@ class SuiteRun:
         self.on_event = on_event or (lambda _e: None)
         self.state = SuiteState()
         self._phase_started = time.monotonic()
+        self.group = joined_group(self.device)  # under torchrun: rank 0 writes, every rank trains and evaluates
+        if self.group.world > 1:
+            self.models = [_per_process(m, self.group.world) for m in self.models]
 
     # -- the folder ----------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        if self.group.is_main:
+            self.state.write(self.out)
 
     def _check_folder(self) -> None:
         """Refuse a folder that is a file or that holds other trainings of the suite's models; after a
@@ -189,7 +214,7 @@ class SuiteRun:
             for model_state in self.state.models.values():
                 model_state.report = None
         self.state.compared = self.state.pictures = False
-        self.state.write(self.out)
+        self._save_state()
         write_json_atomic(stored_path, current)
 
     def _refuse_foreign(self) -> None:
@@ -259,14 +284,14 @@ class SuiteRun:
         from cttlstm_cli.profiling import profile_recipe
 
         st = self.state.models.setdefault(model.name, ModelState())
-        if st.probe is not None:
+        if st.probe is not None or not self.group.is_main:  # the ETA and the comparison are rank 0's
             return
         self._phase_started = time.monotonic()
         self._emit("probe", model, 0, 3)
         row = profile_recipe(model.recipe, self.device, timed_steps=2,
                              progress=lambda _p, done, total: self._emit("probe", model, done, total))
         st.probe = row.to_dict()
-        self.state.write(self.out)
+        self._save_state()
 
     def _train(self, model: ResolvedModel) -> None:
         from cttlstm_cli.training.events import EpochFinished, FitStarted, StepFinished, TrainingEvent
@@ -294,7 +319,7 @@ class SuiteRun:
             raise SuiteInterrupted(f"{model.name}: " + (f"saved {result.saved} at step {result.steps}" if result.saved else "nothing new saved"))
         st.train_seconds += time.monotonic() - started
         st.steps, st.trained = result.steps, True
-        self.state.write(self.out)
+        self._save_state()
 
     def _evaluate(self, model: ResolvedModel, lpips_model: Any) -> None:
         from cttlstm_cli.evaluation.runner import evaluate_checkpoint, write_reports
@@ -317,9 +342,10 @@ class SuiteRun:
             lpips_model=lpips_model, batch_size=ev.batch_size, limit=ev.clips, device=self.device, prepare=False,
             progress=progress,
         )
-        write_reports([report.to_dict()], [self.out / model.name], ev.split, folder)
+        if self.group.is_main:
+            write_reports([report.to_dict()], [self.out / model.name], ev.split, folder)
         st.report = str((folder / "report.json").relative_to(self.out))
-        self.state.write(self.out)
+        self._save_state()
 
     def _compare(self) -> Any:
         from cttlstm_cli.evaluation.compare import build_comparison, write_comparison
@@ -332,7 +358,7 @@ class SuiteRun:
             write_comparison(cmp, self.out / COMPARISON_DIR)
             write_summary(self.out, self.suite, self.models, self.state)
             self.state.compared = True
-            self.state.write(self.out)
+            self._save_state()
         return cmp
 
     def _pictures(self) -> None:
@@ -348,7 +374,7 @@ class SuiteRun:
                                               device=self.device, test_clip=pics.test_clip)
         write_animation(self.out / PICTURES_NAME, render(result), pics.fps)
         self.state.pictures = True
-        self.state.write(self.out)
+        self._save_state()
 
     def run(self) -> Any:
         """Do every phase not done yet; returns the :class:`~cttlstm_cli.evaluation.compare.Comparison`.
@@ -359,10 +385,23 @@ class SuiteRun:
         from cttlstm_cli.locking import RunLock
 
         require_output_folder(self.out)
-        self._refuse_foreign()  # before the lock, which would leave its file in the user's folder
-        with RunLock(self.out):
-            self._check_folder()
-            self._prepare_data()
+        lock = RunLock(self.out)
+
+        def open_folder() -> None:
+            self._refuse_foreign()  # before the lock, which would leave its file in the user's folder
+            lock.acquire()
+            try:
+                self._check_folder()
+                self._prepare_data()
+            except BaseException:
+                lock.release()
+                raise
+
+        # Rank 0 alone locks, checks and writes the folder; the others read what it decided.
+        self.group.on_main(open_folder, f"rank 0 could not open the suite folder {self.out} (see its message); every rank stops")
+        if not self.group.is_main:
+            self.state = SuiteState.read(self.out)
+        try:
             for model in self.models:
                 if not self.state.models.get(model.name, ModelState()).trained:
                     self._probe(model)
@@ -373,10 +412,14 @@ class SuiteRun:
                 if lpips_model is None and "lpips" in self.suite.eval.metrics and not self.state.models[model.name].report:
                     lpips_model = shared_lpips(self.suite.eval.metrics, None, self.device)
                 self._evaluate(model, lpips_model)
+            if not self.group.is_main:
+                return None  # the comparison and the pictures are rank 0's files
             cmp = self._compare()
             self._pictures()
             self._emit("done")
             return cmp
+        finally:
+            lock.release()
 
 
 # --------------------------------------------------------------------------- the summary

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from cttlstm_cli.distributed import launched_world, restart_count
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.training.events import Listener, RunOpened
-from cttlstm_cli.training.run_folder import default_run_dir, newest_run_dir, refuse_new_run_over
+from cttlstm_cli.training.run_folder import begun_by_this_launch, default_run_dir, newest_run_dir, refuse_new_run_over
 
 #: ``phase(name, data_path)`` before each slow phase: "preparing" (Moving-MNIST's first use),
 #: "opening" (the datasets), "building" (the model and the trainer), "ready" (the trainer exists)
@@ -43,6 +44,9 @@ def resolve_run_dir(recipe: Recipe, out: Path | None, resume: bool, root: Path =
     ``root``, and for a new run ``root/<recipe>-<timestamp>``."""
     if out is not None:
         return out
+    if launched_world() > 1:
+        # Each rank would name its own timestamped folder, and a group torchrun restarts another one.
+        raise CttlstmError("under torchrun, pass --out DIR: every rank, and a worker group torchrun restarts, must name the same run folder")
     if not resume:
         return default_run_dir(recipe, root)
     newest = newest_run_dir(recipe, root)
@@ -79,7 +83,7 @@ def open_trainer(
 
     tell = phase or (lambda _name, _path: None)
     require_output_folder(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # under torchrun rank 0 alone locks, in the trainer
+    if launched_world() <= 1:  # under torchrun rank 0 alone locks, in the trainer
         from cttlstm_cli.locking import check_unlocked
 
         check_unlocked(out)  # refuse a run directory in use before preparing or loading any data
@@ -126,6 +130,11 @@ def run_training(
     from cttlstm_cli.training.trainer import TrainResult
 
     run_dir = resolve_run_dir(recipe, out, resume)
+    if not resume and begun_by_this_launch(run_dir):
+        # torchrun --max-restarts brought the worker group back after a failure: continue where it saved.
+        resume = True
+        if launched_world() <= 1 or os.environ.get("RANK") == "0":
+            log(f"note: torchrun restarted the workers (restart {restart_count()}); resuming {run_dir} from its last checkpoint")
     trainer: Any = None
     preparing: Path | None = None
 

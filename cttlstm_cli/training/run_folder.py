@@ -30,7 +30,7 @@ from cttlstm_cli.checkpoint_schema import ScheduleState, TrainingCheckpoint
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.locking import RunLock
 from cttlstm_cli.recipe import Recipe, read_yaml
-from cttlstm_cli.training.distributed import Distributed
+from cttlstm_cli.distributed import Distributed
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
@@ -84,6 +84,10 @@ class RunFolder:
         return self.root / "metrics.jsonl"
 
     @property
+    def launch_file(self) -> Path:
+        return self.root / LAUNCH_ID_NAME
+
+    @property
     def checkpoints(self) -> tuple[Path, ...]:
         """The checkpoints ``--resume`` may continue from, in the order it tries them."""
         return tuple(self.root / name for name in CHECKPOINT_NAMES)
@@ -108,18 +112,7 @@ class RunFolder:
     def acquire(self) -> None:
         """Rank 0 locks the folder; every rank learns whether it could, so that a refused rank 0
         never leaves the others waiting in a collective."""
-        error: CttlstmError | None = None
-        if self.dist.is_main:
-            try:
-                self._lock.acquire()
-            except CttlstmError as err:
-                error = err
-        if self.dist.world > 1:
-            refused = self.dist.all_sum(torch.tensor([0.0 if error is None else 1.0]))
-            if error is None and float(refused[0]) > 0:
-                error = CttlstmError(f"rank 0 could not lock {self.root} (see its message); no rank trains")
-        if error is not None:
-            raise error
+        self.dist.on_main(self._lock.acquire, f"rank 0 could not lock {self.root} (see its message); no rank trains")
         self.locked = True
 
     def release(self) -> None:
@@ -161,6 +154,11 @@ class RunFolder:
         if self.dist.is_main:
             with no_space_as_error(self.recipe_file):
                 write_text_atomic(self.recipe_file, yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
+                launch = os.environ.get(LAUNCH_ID_ENV)
+                if launch:  # a worker group torchrun restarts resumes only the run this launch began
+                    write_text_atomic(self.launch_file, launch + "\n")
+                else:
+                    self.launch_file.unlink(missing_ok=True)
             self.metrics.unlink(missing_ok=True)
             for events in self.root.glob("events.out.tfevents.*"):
                 events.unlink(missing_ok=True)
@@ -331,6 +329,24 @@ def _is_record(line: str) -> bool:
 
 #: the checkpoints of a run folder, in the order ``--resume`` tries them
 CHECKPOINT_NAMES = ("last.pt", "previous.pt", "best.pt")
+#: a run started under torchrun keeps its launch's id here (torchrun's ``--rdzv-id``)
+LAUNCH_ID_NAME = "torchrun-id"
+LAUNCH_ID_ENV = "TORCHELASTIC_RUN_ID"
+
+
+def begun_by_this_launch(root: Path) -> bool:
+    """Whether torchrun restarted the worker group that began the run in ``root``: a restart
+    (``TORCHELASTIC_RESTART_COUNT`` > 0) of the launch whose id the run recorded. A run another
+    launch began, or a folder the first attempt refused, is not continued behind the user's back."""
+    from cttlstm_cli.distributed import restart_count
+
+    launch = os.environ.get(LAUNCH_ID_ENV)
+    if restart_count() == 0 or not launch or not (root / "recipe.yaml").is_file():
+        return False
+    try:
+        return (root / LAUNCH_ID_NAME).read_text().strip() == launch
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def holds_run(root: Path) -> bool:

@@ -36,7 +36,7 @@ from cttlstm_cli.checkpoint import optimizer_state_mismatch
 from cttlstm_cli.checkpoint_schema import TrainingCheckpoint
 from cttlstm_cli.timing import StepClock, format_duration, slow_epoch_note, speed_line
 from cttlstm_cli.recipe import Recipe
-from cttlstm_cli.training.distributed import setup_distributed
+from cttlstm_cli.distributed import setup_distributed
 from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, Listener, RunState, StepFinished, TrainingEvent, ValidationBatch
 from cttlstm_cli.training.memory import resolve_micro_batch
 from cttlstm_cli.training.rng import rng_state, seed_everything, set_rng_state, step_generator
@@ -382,7 +382,8 @@ class Trainer:
             self._emit(lambda: FitEnded(self.state()))
             self.run.close_log()
         if not interrupted:
-            self.save()
+            # Every rank returns once rank 0's final checkpoint is whole: a suite evaluates it next.
+            self.dist.on_main(self.save, "rank 0 could not save the final checkpoint (see its message)")
         return self.result(interrupted, saved)
 
     def result(self, interrupted: bool = False, saved: Path | None = None) -> TrainResult:
