@@ -46,6 +46,10 @@ class DataConfig(Section):
     workers: int | None = Field(
         None, ge=0, le=MAX_WORKERS, description="DataLoader worker processes per training process; null: half the cores, at most 8"
     )
+    train_sequences: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Moving-MNIST prepared on first use: training sequences to generate; null: 10,000 (1,000 for frames of 32 px or less)",
+    )
 
     def resolved_workers(self, processes_per_machine: int = 1) -> int:
         """``workers``, or by default half of this machine's cores shared among its processes (at most 8 each)."""

