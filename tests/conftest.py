@@ -11,13 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
-# Every run the tests start computes with the same threads, the cores shared among pytest-xdist's
-# workers (one per core on their own): cttlstm otherwise picks its CPU threads by the load it measures at
-# start (devices.use_cpu_threads), and the tests that compare two runs bit for bit must not see two
-# choices. Workers that asked for more threads than their cores would spin against each other.
-# The choice itself is tested on its own (test_first_use.py).
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+# Every run the tests start computes with the same threads, one per core: cttlstm otherwise picks its
+# CPU threads by the load it measures at start (devices.use_cpu_threads), and the tests that compare two
+# runs bit for bit must not see two choices. The choice itself is tested on its own (test_cpu_threads.py).
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(scope="session", autouse=True)
