@@ -138,3 +138,16 @@ def test_openstl_protocol_evaluation_windows(kth_source: Path, tmp_path: Path, c
     # An explicit stride overrides the protocol's.
     explicit = ClipDataset(out, "test", clip_frames=4, mode="sequential", stride=4)
     assert sorted(s for v, s in map(explicit.window, range(len(explicit))) if v == 2) == [0, 4, 8]
+
+
+def test_the_pool_spawns_its_workers_once_this_process_has_used_pyav(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker forked after PyAV ran in the parent inherited ffmpeg's thread pools without their threads
+    and hung freeing them (seen in this file's prepare -j 2 after its fixture wrote the videos)."""
+    import sys
+
+    from cttlstm_cli.data import prepare
+
+    monkeypatch.delitem(sys.modules, "av", raising=False)
+    assert prepare._start_method() == "fork"  # Linux, no ffmpeg used yet: the fast start
+    monkeypatch.setitem(sys.modules, "av", object())
+    assert prepare._start_method() == "spawn"

@@ -350,6 +350,17 @@ def _complete_shards(root: Path, split: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _start_method() -> str:
+    """How the pool starts its workers. fork: they inherit the imports (a fast start), and the parent has
+    no HDF5 file open yet. spawn where fork is missing, or once this process has used PyAV (ffmpeg): a
+    forked worker inherits ffmpeg's thread pools without their threads (swscale's slice threads), and
+    freeing them there waits for good on a thread that is not theirs (a worker hung so, in a test whose
+    process had written videos before preparing them)."""
+    if "fork" not in multiprocessing.get_all_start_methods() or "av" in sys.modules:
+        return "spawn"
+    return "fork"
+
+
 class _Pool:
     """Process pool, or in-process execution for ``workers <= 1`` (simpler, and debuggable)."""
 
@@ -357,8 +368,7 @@ class _Pool:
         self.workers = workers
         self.executor: ProcessPoolExecutor | None = None
         if workers > 1:
-            # fork: workers inherit imports (fast start); the parent has no HDF5 file open yet
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            ctx = multiprocessing.get_context(_start_method())
             self.executor = ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_worker_init, initargs=(init, initargs, os.getpid())
             )
