@@ -68,7 +68,9 @@ def collective_failure(err: BaseException) -> str | None:
     if not from_backend:
         return None
     timed_out = "timed out" in text.lower() or "timeout" in text.lower()
-    cause = (f"a collective waited longer than {collective_timeout().total_seconds():g} s ({TIMEOUT_ENV})" if timed_out
+    # The limit as set, not re-validated: this runs in the CLI's last-resort handler and must not raise.
+    limit = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
+    cause = (f"a collective waited longer than {limit} s ({TIMEOUT_ENV})" if timed_out
              else "another process of the torchrun group stopped")
     rank = os.environ.get("RANK", "?")
     return f"rank {rank}: {cause} ({type(err).__name__}: {first}); see the other ranks' messages, and docs/distributed.md"
@@ -181,8 +183,7 @@ def setup_distributed(device: torch.device) -> Distributed:
         store, _rank, _world = next(dist.rendezvous("env://", timeout=timeout))
         store = dist.PrefixStore(f"cttlstm/attempt-{restart_count()}", store)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world, timeout=timeout)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return Distributed(rank=rank, world=world, device=device, local_world=local_world)
+    return joined_group(device)
 
 
 __all__ = [
