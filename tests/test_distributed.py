@@ -357,9 +357,13 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 exit $status
 """
-#: stands in for ``scontrol show hostnames``: both "nodes" are this machine
+#: stands in for ``scontrol show hostnames``: both "nodes" are this machine. The second line comes after a
+#: pause, as a long node list would come in several writes: a script that reads the first line through
+#: ``| head -n 1`` under pipefail then dies of SIGPIPE (exit 141) every time, not one CI run in many.
 FAKE_SCONTROL = """#!/bin/bash
-printf '127.0.0.1\\n127.0.0.1\\n'
+echo 127.0.0.1
+sleep 0.5
+echo 127.0.0.1
 """
 
 
