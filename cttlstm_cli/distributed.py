@@ -67,11 +67,19 @@ def collective_failure(err: BaseException) -> str | None:
     )
     if not from_backend:
         return None
-    timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+    lower = text.lower()
+    # gloo says "timed out connecting: Connection refused" when a peer's address does not answer: that is
+    # a rank that is gone or unreachable (a firewall, a wrong interface), not a slow collective.
+    refused = "connection refused" in lower or "connectfullmesh" in lower
+    timed_out = "timed out" in lower or "timeout" in lower
     # The limit as set, not re-validated: this runs in the CLI's last-resort handler and must not raise.
     limit = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
-    cause = (f"a collective waited longer than {limit} s ({TIMEOUT_ENV})" if timed_out
-             else "another process of the torchrun group stopped")
+    if refused:
+        cause = "could not connect to another process of the torchrun group (it stopped, or its address is unreachable)"
+    elif timed_out:
+        cause = f"a collective waited longer than {limit} s ({TIMEOUT_ENV})"
+    else:
+        cause = "another process of the torchrun group stopped"
     rank = os.environ.get("RANK", "?")
     return f"rank {rank}: {cause} ({type(err).__name__}: {first}); see the other ranks' messages, and docs/distributed.md"
 

@@ -304,6 +304,10 @@ def test_a_failed_collective_is_one_line_naming_the_group_not_a_bug(monkeypatch:
     monkeypatch.setenv("RANK", "0")
     assert collective_failure(peer).startswith("rank 0: another process of the torchrun group stopped (RuntimeError: ")
     assert collective_failure(timeout).startswith("rank 0: a collective waited longer than 600 s (CTTLSTM_DIST_TIMEOUT)")
+    # seen when restarted ranks read the dead workers' addresses: a refusal, not a slow collective
+    refused = dist.DistBackendError("[../third_party/gloo/gloo/transport/tcp/pair.cc:144] Gloo connectFullMesh failed "
+                                    "with [../third_party/gloo/gloo/transport/tcp/pair.cc:144] timed out connecting: Connection refused")
+    assert collective_failure(refused).startswith("rank 0: could not connect to another process of the torchrun group")
     assert collective_failure(RuntimeError("shape mismatch")) is None  # a bug here stays a bug
 
 
