@@ -76,7 +76,12 @@ def test_persistent_workers_see_every_epoch_and_resume_mid_epoch(tmp_path: Path,
     assert [(e, i) for _, e, i in seen[0]] == [(e, i) for _, e, i in seen[1]] == expected
     # ... and the two worker processes persist for the whole run.
     assert {p for p, _, _ in seen[0]} == {os.getpid()}
-    assert len({p for p, _, _ in seen[1]}) == 2 and os.getpid() not in {p for p, _, _ in seen[1]}
+    workers = {p for p, _, _ in seen[1]}
+    assert len(workers) == 2 and os.getpid() not in workers
+    # ... and stop when fit() returns: left to the garbage collector, each one's stop timed out (5 s a worker).
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     for key, value in in_process.net.state_dict().items():
         assert torch.equal(value, persistent.net.state_dict()[key]), key
     # Stopped after 5 steps of 8 clips (mid-epoch 0) and resumed: the rest of epoch 0, then on.

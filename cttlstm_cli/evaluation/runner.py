@@ -31,6 +31,7 @@ are added up across ranks, so that every rank returns the report one process wou
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,23 +239,25 @@ def predict_and_score(
         progress(description, 0, total)
     labels_all: list[torch.Tensor] = []
     predicted_all: list[torch.Tensor] = []
-    for batch in make_loader(dataset, batch_size, None, workers, device, drop_last=False):
-        clips, labels = split_batch(batch)
-        clips = clips.to(device, non_blocking=True).float()
-        if classify:
-            pred, logits = model(clips[:, :context], future_frames=future, classify=True)
-            labels_all.append(labels.cpu())
-            predicted_all.append(logits.argmax(dim=1).cpu())
-        else:
-            pred = model(clips[:, :context], future_frames=future)
-        target = clips[:, context : context + future]
-        if pred is not None:  # None: a classifier that predicts no frames
-            accumulator.update(pred.float(), target)
-        for name, baseline in (baselines or {}).items():
-            baseline.update(TRIVIAL_PREDICTORS[name](clips[:, :context], future), target)
-        done += clips.shape[0]
-        if progress:
-            progress(description, done, total)
+    loader = make_loader(dataset, batch_size, None, workers, device, drop_last=False)
+    with contextlib.closing(loader):  # its workers stop here, also when a batch raises
+        for batch in loader:
+            clips, labels = split_batch(batch)
+            clips = clips.to(device, non_blocking=True).float()
+            if classify:
+                pred, logits = model(clips[:, :context], future_frames=future, classify=True)
+                labels_all.append(labels.cpu())
+                predicted_all.append(logits.argmax(dim=1).cpu())
+            else:
+                pred = model(clips[:, :context], future_frames=future)
+            target = clips[:, context : context + future]
+            if pred is not None:  # None: a classifier that predicts no frames
+                accumulator.update(pred.float(), target)
+            for name, baseline in (baselines or {}).items():
+                baseline.update(TRIVIAL_PREDICTORS[name](clips[:, :context], future), target)
+            done += clips.shape[0]
+            if progress:
+                progress(description, done, total)
     if not classify:
         return None
     return torch.cat(labels_all), torch.cat(predicted_all)

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cttlstm_cli.devices import cpu_threads
-from cttlstm_cli.data.dataset import EpochIndexed, EpochSampler, make_loader, split_batch
+from cttlstm_cli.data.dataset import ClipLoader, EpochIndexed, EpochSampler, make_loader, split_batch
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.models.interface import Sampling, sampling_record, unwrap
 from cttlstm_cli.checkpoint import optimizer_state_mismatch
@@ -116,9 +116,9 @@ class Trainer:
         self._session_steps = 0  # optimizer steps done by this fit()
         self._torn = False  # True while a step or an epoch end is changing the state: not saveable
         self._slow_note_due = False
-        self._train_loader: DataLoader | None = None
+        self._train_loader: ClipLoader | None = None
         self._train_sampler: EpochSampler | None = None
-        self._val_loader: DataLoader | None = None
+        self._val_loader: ClipLoader | None = None
         cfg = recipe.train
         seed_everything(cfg.seed)
         net = build_training_model(recipe, self.device)
@@ -154,7 +154,11 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Release the run directory's lock (:meth:`fit` does it when it returns); idempotent."""
+        """Stop the data loaders' workers and release the run directory's lock (:meth:`fit` does both
+        when it returns); idempotent. A later :meth:`fit` starts new workers."""
+        for loader in (self._train_loader, self._val_loader):
+            if loader is not None:
+                loader.close()
         self.run.release()
 
     def _note(self, line: str) -> None:
