@@ -52,11 +52,15 @@ def write_error(err: OSError, path: str | Path) -> CttlstmError:
 
 
 def require_output_folder(path: str | Path, option: str = "--out") -> Path:
-    """Refuse, in one line, an output folder that names an existing file: every write into it would
-    fail with ENOTDIR or EEXIST after the work was done. Call it before the work."""
+    """Refuse, in one line, an output folder that names an existing file or lies in a folder this
+    process cannot write: every write into it would fail (ENOTDIR, EEXIST, EACCES) after the work was
+    done. Call it before the work."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CttlstmError(f"{option} {path} is a file, not a folder")
+    nearest = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if nearest is not None and nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
+        raise CttlstmError(f"cannot write {path}: Permission denied ({nearest} is not writable for this user)")
     return path
 
 
