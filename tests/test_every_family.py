@@ -203,7 +203,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _train(arch: str, out: Path, data: Path, *extra: str, paused: bool = False) -> subprocess.Popen:
     sets = [f"data.path={data}", f"data.frame_size=[{SIZE},{SIZE}]", f"data.input_frames={CONTEXT}", f"data.future_frames={FUTURE}",
-            "train.batch_size=4", "train.micro_batch=4", "train.epochs=3", "train.epoch_clips=32", "train.val_clips=8",
+            "train.batch_size=4", "train.micro_batch=4", "train.epochs=2", "train.epoch_clips=16", "train.val_clips=8",
             "train.checkpoint_every=2", "data.workers=0"]  # fmt: skip
     start = ["-c", PAUSE_AFTER_FIRST_CHECKPOINT] if paused else ["-m", "cttlstm_cli"]
     args = [sys.executable, *start, "train", str(smoke_recipe_path(arch)), "--out", str(out), "--device", "cpu", "--quiet"]
@@ -213,25 +213,34 @@ def _train(arch: str, out: Path, data: Path, *extra: str, paused: bool = False) 
     return subprocess.Popen([*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+#: The families killed by a real SIGKILL and resumed from the command line. What a SIGKILL adds to the in-process
+#: interruption above (which every family passes) is family-independent (nothing of ours runs at the kill; the
+#: resume reads last.pt through the same Trainer), and each of these runs costs three processes' start-up
+#: (~4 s each, torch and its compiler stack). So: a recurrent family with scheduled sampling, one with BatchNorm
+#: buffers, and one whose reverse scheduled sampling draws random numbers after the kill.
+SIGKILLED = {"convrnn": (), "simvp": (), "predrnnv2": ("--set", "model.sampling_start=2", "--set", "model.sampling_end=6")}
+
+
+@pytest.mark.parametrize("arch", SIGKILLED)
 def test_sigkill_then_resume_equals_uninterrupted(arch: str, prepared: dict[str, Path], tmp_path: Path) -> None:
+    assert set(SIGKILLED) <= set(FAMILIES)
     data = prepared["labels" if load_recipe(smoke_recipe_path(arch)).model.num_classes else "frames"]
-    full = _train(arch, tmp_path / "full", data)
+    full = _train(arch, tmp_path / "full", data, *SIGKILLED[arch])
     assert full.wait(timeout=600) == 0, full.stderr.read().decode()
 
-    killed = _train(arch, tmp_path / "killed", data, paused=True)
+    killed = _train(arch, tmp_path / "killed", data, *SIGKILLED[arch], paused=True)
     last = tmp_path / "killed" / "last.pt"
-    wait_for_first_checkpoint(killed)  # the run waits after its first checkpoint (step 2 of 24): always mid-way
+    wait_for_first_checkpoint(killed)  # the run waits after its first checkpoint (step 2 of 8): always mid-epoch 0
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.read().decode()
     assert read_checkpoint(last)["step"] == 2
 
-    resumed = _train(arch, tmp_path / "killed", data, "--resume")
+    resumed = _train(arch, tmp_path / "killed", data, *SIGKILLED[arch], "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
     a = read_checkpoint(tmp_path / "full" / "last.pt")
     b = read_checkpoint(last)
-    assert a["step"] == b["step"] == 24
+    assert a["step"] == b["step"] == 8  # the resumed run crossed the end of epoch 0 (validation, best.pt)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
 
