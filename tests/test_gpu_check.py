@@ -31,7 +31,10 @@ pytestmark = pytest.mark.slow  # the GPU-check rehearsal on the CPU: about two a
 #: test_train_loop.py), and step:cnn3d:bf16 runs below. On two cores they took 2.5 of the rehearsal's 5
 #: minutes (torch.compile alone 1.5). The whole rehearsal, before a GPU session:
 #: ``bash benchmarks/gpu_check.sh --device cpu --tiny --out /tmp/gpu-check``.
-LEFT_OUT = tuple(f"step:{key}:{variant}" for key in KEYS if key != "mmnist" for variant in ("bf16", "compiled"))
+#: Likewise KTH's train, loader, evaluate and predict stages: mmnist's run the same stage code (30 s of the
+#: rehearsal); KTH's data stage and step stay (its recipe's shapes, the synthetic clips).
+LEFT_OUT = tuple(f"step:{key}:{variant}" for key in KEYS if key != "mmnist" for variant in ("bf16", "compiled")) + tuple(
+    f"{stage}:kth" for stage in ("train", "loader", "evaluate", "predict"))
 
 
 def run_check(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -104,7 +107,7 @@ def test_every_family_has_an_fp32_step_and_mmnist_its_bf16_and_compiled_steps(ti
 def test_training_evaluate_predict_and_ddp_leave_their_artefacts(tiny) -> None:
     _, out = tiny
     by_name = records(out)
-    for dataset in ("mmnist", "kth"):
+    for dataset in ("mmnist",):  # kth's: LEFT_OUT
         train = by_name[f"train:{dataset}"]
         assert train["status"] == "ok" and train["best_pt"] and train["steps"] == 6
         assert Path(train["run"], "best.pt").is_file()
@@ -159,7 +162,7 @@ def test_a_failing_stage_is_recorded_and_the_next_ones_run(tmp_path: Path) -> No
 
 
 def test_a_stage_past_the_budget_is_stopped_and_the_rest_skipped(tmp_path: Path) -> None:
-    proc = run_check("--device", "cpu", "--tiny", "--out", tmp_path, "--budget-s", "30", "--stages", "env,step:cnn3d:bf16",
+    proc = run_check("--device", "cpu", "--tiny", "--out", tmp_path, "--budget-s", "22", "--stages", "env,step:cnn3d:bf16",
                      "--hang-stage", "env")  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     by_name = records(tmp_path)
