@@ -1,14 +1,14 @@
 """scripts/setup.sh installs into the project's own virtual environment and nowhere else.
 
-The test runs the real script on a copy of the working tree: a new ``.venv`` gets torchvision,
-cttlstm with its dependencies and the LPIPS weights, and the interpreter the script was given (the
-system Python, whatever the suite itself runs in) lists exactly the packages it listed before.
+The test runs the real script on a copy of the working tree: the new ``.venv`` gets cttlstm (an
+editable install of the copy) and the LPIPS weights, a second run installs nothing, and the interpreter
+the script was given (the system Python, whatever the suite itself runs in) lists exactly the packages
+it listed before.
 
-The new environment starts with torch and what torch needs already in it, hard-linked from the
-suite's own environment (:func:`_seed_torch`): installing torch's 750 MB again took two minutes of
-every suite run, and the script's torch step is run for real wherever the suite itself is set up
-(``.ci/run`` runs the script on a fresh clone, torch included, before it runs this test).
-pip's own cache keeps the other downloads.
+The new environment starts with every dependency already in it, hard-linked from the suite's own
+environment (:func:`_seed_dependencies`): installing torch's 750 MB and the other 1 GB again took one to
+two minutes of every suite run, and the script's dependency steps run for real wherever the suite
+itself is set up (``.ci/run`` runs the script on a fresh clone, before it runs this test).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -53,34 +54,45 @@ def _copy_working_tree(dest: Path) -> None:
             shutil.copy2(src, target)
 
 
-def _torch_closure() -> list[importlib.metadata.Distribution]:
-    """torch and every distribution it requires, recursively (extras left out), as installed here."""
+def _project_requirements() -> list[Requirement]:
+    """What pyproject.toml asks for, the ``test`` extra included (what ``pip install -e .[test]`` installs),
+    and torchvision (scripts/setup.sh installs it on its own, without its dependencies)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lines = [*project["dependencies"], *project.get("optional-dependencies", {}).get("test", []), "torchvision"]
+    return [Requirement(line) for line in lines]
+
+
+def _installed_closure(roots: list[Requirement]) -> list[importlib.metadata.Distribution]:
+    """The distributions ``roots`` name and every one they require, recursively, with the extras asked
+    for (``imageio[ffmpeg,pyav]``), as installed here."""
     found: dict[str, importlib.metadata.Distribution] = {}
-    todo = ["torch"]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(req.name, frozenset(req.extras)) for req in roots]
     while todo:
-        name = todo.pop()
+        name, extras = todo.pop()
         key = name.lower().replace("_", "-")
-        if key in found:
+        if (key, extras) in seen:
             continue
+        seen.add((key, extras))
         dist = importlib.metadata.distribution(name)
         found[key] = dist
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
+            if req.marker is None or any(req.marker.evaluate({"extra": extra}) for extra in ("", *extras)):
+                todo.append((req.name, frozenset(req.extras)))
     return list(found.values())
 
 
-def _seed_torch(venv: Path) -> list[str]:
-    """Put torch and its requirements into ``venv`` as hard links of this environment's files (copies
-    across file systems), so that the set-up finds torch importable and does not install it again.
-    A link is a file of its own name: pip or Python replacing or removing one in ``venv`` leaves
-    this environment's file as it was. Returns the distributions' names."""
+def _seed_dependencies(venv: Path) -> list[str]:
+    """Put every dependency of the project (:func:`_project_requirements`, recursively) into ``venv`` as
+    hard links of this environment's files (copies across file systems), so that the set-up finds them
+    installed and installs only cttlstm itself. A link is a file of its own name: pip or Python replacing
+    or removing one in ``venv`` leaves this environment's file as it was. Returns the distributions' names."""
     site = Path(sysconfig.get_path("purelib"))
     target = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                  capture_output=True, text=True, check=True).stdout.strip())
     names = []
-    for dist in _torch_closure():
+    for dist in _installed_closure(_project_requirements()):
         names.append(dist.metadata["Name"])
         for file in dist.files or []:
             src = Path(dist.locate_file(file)).resolve()
@@ -112,14 +124,14 @@ def test_setup_installs_into_the_project_venv_and_leaves_the_system_python_uncha
 
     venv = project / ".venv"
     subprocess.run([str(BASE_PYTHON), "-m", "venv", str(venv)], check=True)
-    seeded = _seed_torch(venv)
-    assert "torch" in seeded and len(seeded) > 3  # torch, and what it needs (sympy, filelock, ...)
+    seeded = _seed_dependencies(venv)
+    assert {"torch", "torchvision", "lpips", "h5py", "av", "pytest"} <= {name.lower() for name in seeded}
 
     proc = subprocess.run(["bash", "scripts/setup.sh"], cwd=project, env=env, capture_output=True, text=True)
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _pip_freeze(BASE_PYTHON) == before
-    assert "installing torch and" in proc.stdout  # the set-up did install: cttlstm and its dependencies
+    assert "installing torch and" in proc.stdout  # the set-up did install (cttlstm; its dependencies were there)
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import cttlstm_cli, torch; print(cttlstm_cli.__file__)"],
         capture_output=True, text=True, check=True, cwd=tmp_path,  # not the suite's cwd: `-c` imports from there first
