@@ -60,7 +60,8 @@ def require_output_folder(path: str | Path, option: str = "--out") -> Path:
         raise CttlstmError(f"{option} {path} is a file, not a folder")
     nearest = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
     if nearest is not None and nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
-        raise CttlstmError(f"cannot write {path}: Permission denied ({nearest} is not writable for this user)")
+        denied = PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} ({nearest} is not writable for this user)")
+        raise write_error(denied, path)
     return path
 
 

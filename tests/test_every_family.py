@@ -1,5 +1,6 @@
 """What every registered model family must do, checked on each family's smoke recipe: teacher forcing
-and scheduled sampling, causality, bf16 autocast, exact resume (in-process and after SIGKILL), and DDP.
+and scheduled sampling, causality, bf16 autocast, exact resume in-process, and DDP; exact resume after a
+SIGKILL from the command line for three representative families (:data:`SIGKILLED`).
 
 The families come from the registry, not from a list: a new family without a smoke recipe
 (``recipes/smoke-<arch>.yaml``; the conv-RNN family's is ``recipes/smoke.yaml``) fails here.

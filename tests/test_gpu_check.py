@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh, rehearsed on the CPU: the stages of the GPU check run with ``--device cpu --tiny``
-(all but the other families' bf16 and compiled steps: :data:`LEFT_OUT`) and leave real results; a failing
+(all but the other families' bf16 and compiled steps and KTH's train, loader, evaluate and predict:
+:data:`LEFT_OUT`) and leave real results; a failing
 or hanging stage is recorded and the next one still runs."""
 
 from __future__ import annotations
