@@ -126,7 +126,9 @@ class TrainConfig(Section):
         "plateau", description="plateau: the paper's (lr_decay, per epoch); onecycle: one_cycle, set every optimizer step"
     )
     one_cycle: OneCycle = Field(default_factory=OneCycle)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="fp32, bf16 or fp16 (torch.amp autocast); auto: bf16 where the device computes it natively, else fp32"
+    )
     compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the model; true is mode 'default', 'reduce-overhead' adds CUDA graphs"
     )
@@ -162,15 +164,15 @@ class TrainConfig(Section):
             raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
         return self
 
-    @property
-    def use_channels_last(self) -> bool:
-        """Whether training runs in channels-last memory format.
+    def channels_last_under(self, precision: str) -> bool:
+        """Whether training in ``precision`` (``precision`` as resolved for the device: fp32, bf16 or
+        fp16) runs in channels-last memory format.
 
         By default only under mixed precision: there oneDNN's and cuDNN's low-precision
         kernels are native NHWC, while the fp32 CPU fast path's NNPACK convs need NCHW.
         """
         if self.channels_last is None:
-            return self.precision != "fp32"
+            return precision != "fp32"
         return self.channels_last
 
 

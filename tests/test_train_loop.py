@@ -215,6 +215,40 @@ def test_bf16_autocast_step_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(seen) == 5 * len(model.cells) and all(d == torch.bfloat16 for d in seen)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    from cttlstm_cli.training import step
+    from cttlstm_cli.training.run import precision_note
+
+    monkeypatch.setattr(step, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    recipe = smoke(train__precision="auto")
+    assert step.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert step.resolve_precision("fp16", cpu) == "fp16" and step.resolve_precision("fp32", cpu) == "fp32"
+    with step.autocast("auto", cpu):
+        assert torch.is_autocast_enabled("cpu") is native
+        if native:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    # channels-last follows the precision auto chose: NCHW for fp32 (the NNPACK path)
+    net = step.build_training_model(recipe, cpu)
+    assert net.cells["b1l0"].state_conv.weight.is_contiguous(memory_format=torch.channels_last) is native
+    assert precision_note("auto", cpu) == (", precision bf16 (auto: native on this device)" if native else ", precision fp32 (auto: no native bf16 on this device)")
+    assert precision_note("fp32", cpu) == "" and precision_note("bf16", cpu) == ", precision bf16"
+
+
+def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cttlstm_cli.devices import native_bf16
+
+    for avx512_bf16, amx, expected in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert native_bf16(torch.device("cpu")) is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bf16(torch.device("cpu")) is False  # a build without the probes: fp32, the safe choice
+    assert native_bf16(torch.device("meta")) is False
+
+
 def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -276,8 +310,8 @@ def test_bf16_channels_last_training_runs_and_learns(tmp_path: Path) -> None:
     trainer = Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data())
     # channels-last is the default under mixed precision, NCHW in fp32 (the NNPACK path)
     assert trainer.net.cells["b1l0"].state_conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not smoke().train.use_channels_last
-    assert not smoke(train__precision="bf16", train__channels_last="false").train.use_channels_last
+    assert not smoke().train.channels_last_under("fp32")
+    assert not smoke(train__precision="bf16", train__channels_last="false").train.channels_last_under("bf16")
     result = trainer.fit()
     assert result.steps == 16
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

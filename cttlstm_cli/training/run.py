@@ -102,6 +102,17 @@ def open_trainer(
     return trainer
 
 
+def precision_note(precision: str, device: torch.device) -> str:
+    """What the run line adds after the device: nothing for fp32, the autocast precision otherwise,
+    and what ``auto`` chose."""
+    from cttlstm_cli.training.step import resolve_precision
+
+    resolved = resolve_precision(precision, device)
+    if precision == "auto":
+        return f", precision {resolved} (auto: {'native' if resolved == 'bf16' else 'no native bf16'} on this device)"
+    return "" if resolved == "fp32" else f", precision {resolved}"
+
+
 def run_training(
     recipe: Recipe,
     out: Path | None = None,
@@ -151,6 +162,7 @@ def run_training(
         trainer = open_trainer(recipe, run_dir, dev, resume=resume, events=events, log=log, status=status, phase=phase, console=console)
         if events is not None and trainer.dist.is_main:
             shown = f"cpu ({cpu_threads().describe()})" if trainer.device.type == "cpu" else str(trainer.device)
+            shown += precision_note(recipe.train.precision, trainer.device)
             events(RunOpened(run_dir, trainer.resumed_from, trainer.step, len(trainer.train_set), len(trainer.val_set), shown))
         return trainer.fit(max_steps=max_steps)
     except KeyboardInterrupt:
@@ -160,4 +172,4 @@ def run_training(
         return trainer.result(interrupted=True)
 
 
-__all__ = ["PHASE_LINES", "PhaseFn", "open_trainer", "resolve_run_dir", "run_training"]
+__all__ = ["PHASE_LINES", "PhaseFn", "open_trainer", "precision_note", "resolve_run_dir", "run_training"]

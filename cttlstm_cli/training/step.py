@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cttlstm_cli.devices import native_bf16
 from cttlstm_cli.models import create_model, teacher_mask
 from cttlstm_cli.models.interface import Sampling, unwrap
 from cttlstm_cli.recipe import Recipe
@@ -22,7 +23,7 @@ def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
     net = create_model(recipe.model, recipe.data.channels)
     net.check_data(*recipe.data.frame_size, recipe.data.input_frames)
     net = net.to(device)
-    if recipe.train.use_channels_last:
+    if recipe.train.channels_last_under(resolve_precision(recipe.train.precision, device)):
         net = to_channels_last(net)
     return net
 
@@ -120,9 +121,19 @@ def probe_step_seconds(model: nn.Module, recipe: Recipe, device: torch.device, c
         net.train(was_training)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` on ``device``: ``auto`` is bf16 where the device computes it natively
+    (:func:`~cttlstm_cli.devices.native_bf16`), else fp32; the others are themselves."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 @contextlib.contextmanager
 def autocast(precision: str, device: torch.device) -> Iterator[None]:
-    """torch.amp autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    """torch.amp autocast for ``bf16``/``fp16`` (``auto`` as :func:`resolve_precision` resolves it on
+    ``device``); a no-op for ``fp32``."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         yield
         return
