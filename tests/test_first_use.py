@@ -197,6 +197,26 @@ def test_help_shows_no_value_for_flags_and_no_cut_or_dangling_text(command: str)
         assert "{group: [templates]}" in " ".join(text.replace("│", " ").split())  # rich used to eat [templates]
 
 
+@pytest.mark.parametrize("command", ["train", "profile", "evaluate", "suite run"])
+def test_help_prose_wraps_at_the_terminal_not_at_the_docstrings_line_breaks(command: str) -> None:
+    import inspect
+
+    from cttlstm_cli.cli import app
+
+    env = dict(os.environ, COLUMNS="400", PYTHONPATH=str(REPO))
+    text = subprocess.run([sys.executable, "-m", "cttlstm_cli", *command.split(), "--help"], capture_output=True, text=True, env=env).stdout
+    lines = [" ".join(line.replace("│", " ").split()) for line in text.splitlines()]
+    apps = {"suite": next(g.typer_instance for g in app.registered_groups if g.name == "suite")}
+    *group, name = command.split()
+    callback = next(c.callback for c in (apps[group[0]] if group else app).registered_commands if (c.name or c.callback.__name__.replace("_command", "")) == name)
+    broken = [p.splitlines() for p in inspect.cleandoc(callback.__doc__).split("\n\n")[1:] if len(p.splitlines()) > 1]
+    assert broken, "the test needs a docstring paragraph of several lines"
+    for paragraph in broken:
+        # the words either side of the docstring's first line break stand on one line of the help
+        seam = " ".join(paragraph[0].split()[-2:] + paragraph[1].split()[:2])
+        assert any(seam in line for line in lines), seam
+
+
 def test_reusing_the_out_of_a_run_is_refused_before_any_data_is_opened(cli, trained_smoke, tmp_path: Path) -> None:
     never = tmp_path / "data-that-would-be-prepared"
     result = cli("train", SMOKE, "--out", trained_smoke.run, "--set", f"data.path={never}", "--quiet")

@@ -33,6 +33,9 @@ from cttlstm_cli.cli import evaluate as _evaluate  # noqa: E402,F401
 from cttlstm_cli.cli import predict as _predict  # noqa: E402,F401
 from cttlstm_cli.cli import compare as _compare  # noqa: E402,F401
 from cttlstm_cli.cli import suite as _suite  # noqa: E402,F401
+from cttlstm_cli.cli.app import reflow_help  # noqa: E402
+
+reflow_help(app)
 
 
 def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' hook signature

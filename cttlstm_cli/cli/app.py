@@ -6,6 +6,7 @@ command module imports the app without importing the package that imports it: no
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -22,6 +23,26 @@ def _value_type(option: TyperOption, ctx: Any) -> str | None:
 
 _typer_value_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _value_type  # type: ignore[method-assign]
+
+def reflow(text: str) -> str:
+    """``text`` with the line breaks inside each paragraph made spaces, so that ``--help`` wraps the
+    prose at the terminal's width (typer keeps a docstring's breaks, which splits lines mid-sentence on
+    a narrow terminal). Paragraphs with an indented line (examples) or a leading ``\\b`` keep theirs."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    kept = (p.startswith("\b") or any(line[:1].isspace() for line in p.splitlines()) for p in paragraphs)
+    return "\n\n".join(p if keep else " ".join(p.split("\n")) for p, keep in zip(paragraphs, kept))
+
+
+def reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its sub-apps) its docstring :func:`reflow`-ed as
+    its help, unless it was given one."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
+
 
 app = typer.Typer(
     name="cttlstm",
