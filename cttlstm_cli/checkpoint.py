@@ -34,6 +34,7 @@ from cttlstm_cli.checkpoint_schema import stored_recipe  # noqa: F401 - where th
 from cttlstm_cli.models.interface import VideoModel, unwrap
 from cttlstm_cli.models.registry import create_model, importers
 from cttlstm_cli.recipe import Recipe
+from cttlstm_cli.run_files import BEST_CHECKPOINT
 
 class CheckpointRefusedError(CttlstmError):
     """A checkpoint references code (a pickled class or function); it is refused, never run."""
@@ -127,7 +128,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file, or a run directory's ``best.pt``; a missing one is a CttlstmError."""
     path = Path(path)
     if path.is_dir():
-        best = path / "best.pt"
+        best = path / BEST_CHECKPOINT
         if not best.is_file():
             raise CttlstmError(f"{path} is a directory without best.pt (not a run directory?)")
         return best

@@ -38,6 +38,7 @@ from cttlstm_cli.models.interface import RecurrentVideoModel
 from cttlstm_cli.recipe import Recipe
 from cttlstm_cli.rendering import composed_shape, printable
 from cttlstm_cli.training import memory
+from cttlstm_cli.run_files import BEST_CHECKPOINT
 
 #: ``progress(phase, done, total)``: which model is predicting and how many of its frames are done
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -152,7 +153,7 @@ def panel_labels(names: Sequence[str], checkpoints: Sequence[str | Path]) -> lis
     labels = []
     for name, ckpt in zip(names, checkpoints):
         path = Path(ckpt)
-        tag = path.parent.name if path.name == "best.pt" and path.parent.name else path.stem
+        tag = path.parent.name if path.name == BEST_CHECKPOINT and path.parent.name else path.stem
         # printable: a label names an array in the .npz (stored as UTF-8) and titles a panel
         labels.append(printable(f"{name} ({tag})") if count[name] > 1 else name)
     repeated = Counter(labels)

@@ -20,6 +20,7 @@ from cttlstm_cli.cli.app import app
 from cttlstm_cli.cli.common import DEVICE_OPTION, SET_OPTION, THREADS_OPTION, console, err_console, resolve_recipe_path
 from cttlstm_cli.timing import format_duration
 from cttlstm_cli.training.events import EpochFinished, FitEnded, FitStarted, RunOpened, RunState, StepFinished, TrainingEvent, ValidationBatch
+from cttlstm_cli.run_files import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG
 
 
 def clock_text(seconds: float) -> str:
@@ -250,13 +251,13 @@ def train(
         err_console.print(interrupted_line(out, same, go_on, result), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     run_dir = result.run_dir
-    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    best, last = run_dir / BEST_CHECKPOINT, run_dir / LAST_CHECKPOINT
     saved = [f"{path} ({label})" for path, label in ((best, "best"), (last, "last")) if path.is_file()]
     lines = [
         f"epochs {result.epochs}, optimizer steps {result.steps}",
         f"best validation loss {result.best_val_loss:.5f} (epoch {result.best_epoch + 1})" if result.best_epoch >= 0 else "no validation yet",
         f"checkpoints: {', '.join(saved) or 'none'}",
-        f"log: {run_dir / 'metrics.jsonl'}",
+        f"log: {run_dir / METRICS_LOG}",
     ]
     console.print(Panel(escape("\n".join(lines)), title=escape(f"trained {cfg.name}"), expand=False))
     # Outside the panel and never wrapped, so that it copies and pastes as one command.
@@ -307,6 +308,6 @@ def interrupted_line(out: Path, command: str, go_on: str, result: Any) -> str:
 def next_command(run_dir: Path, has_best: bool) -> str:
     """The command that evaluates a finished run on its validation split, quoted for a POSIX shell: the run
     directory (its best.pt), or its last.pt when no validation has run yet (``--max-steps``) and there is no best.pt."""
-    target = run_dir if has_best else run_dir / "last.pt"
+    target = run_dir if has_best else run_dir / LAST_CHECKPOINT
     # the validation split: the test split is kept for the final comparison (as the README's tutorial does)
     return f"cttlstm evaluate {shlex.quote(str(target))} --split val"

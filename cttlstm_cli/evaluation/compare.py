@@ -46,6 +46,7 @@ from cttlstm_cli.evaluation.report import (
     read_report_file,
     report_label,
 )
+from cttlstm_cli.run_files import RECIPE_FILE
 
 #: metric order in tables (the evaluate reports' names)
 METRIC_ORDER = ("mse", "mae", "psnr", "ssim", "lpips")
@@ -316,7 +317,7 @@ def checkpoint_info(loaded: LoadedReport, flops: bool = True) -> CheckpointInfo:
         if loaded.index is not None:
             folders = folders[:1] if path else []
         for folder in folders:
-            raw = _recipe_yaml(folder / "recipe.yaml")
+            raw = _recipe_yaml(folder / RECIPE_FILE)
             if raw is None:
                 continue
             info.recipe_name = info.recipe_name or (str(raw["name"]) if raw.get("name") else None)

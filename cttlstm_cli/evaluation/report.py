@@ -46,6 +46,7 @@ from cttlstm_cli.recipe import DataConfig
 # the largest whole number a report may hold, as everywhere else: readers of the JSON (numpy, pandas,
 # torch) keep int64 at best, and no count evaluate makes comes near it
 from cttlstm_cli.schema import INT64_MAX, field_path
+from cttlstm_cli.run_files import BEST_CHECKPOINT
 
 # Literal[...] of a tuple is the Literal of its items: the names stay defined once, where they are used.
 MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
@@ -265,7 +266,7 @@ def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int]
     name = f"eval-{split}-{'-'.join(str(f) for f in future)}-{convention}"
     if path.is_dir():
         return path / name
-    if path.name == "best.pt":
+    if path.name == BEST_CHECKPOINT:
         return path.parent / name
     return path.parent / f"{path.stem}-{name}"
 
@@ -273,7 +274,7 @@ def default_output_dir(checkpoint: str | Path, split: str, future: Sequence[int]
 def report_label(checkpoint: str | Path) -> str:
     """A short name for a checkpoint in tables and plots: the run directory's, or the file's."""
     path = Path(checkpoint)
-    return path.parent.name if path.name == "best.pt" and path.parent.name else path.name
+    return path.parent.name if path.name == BEST_CHECKPOINT and path.parent.name else path.name
 
 
 def default_reports(path: Path) -> tuple[Path, str]:
@@ -282,7 +283,7 @@ def default_reports(path: Path) -> tuple[Path, str]:
     its ``best.pt``), ``<stem>-eval-*/report.json`` beside any other checkpoint file."""
     if path.is_dir():
         return path, f"eval-*/{REPORT_FILE}"
-    stem = "" if path.name == "best.pt" else f"{path.stem}-"
+    stem = "" if path.name == BEST_CHECKPOINT else f"{path.stem}-"
     return path.parent, f"{stem}eval-*/{REPORT_FILE}"
 
 

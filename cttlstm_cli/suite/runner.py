@@ -34,6 +34,7 @@ from cttlstm_cli.atomic import require_output_folder, write_json_atomic, write_t
 from cttlstm_cli.distributed import joined_group
 from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.suite.schema import ResolvedModel, Suite, resolve_models
+from cttlstm_cli.run_files import LAST_CHECKPOINT, METRICS_LOG, RECIPE_FILE
 
 STATE_NAME = "state.json"
 RESOLVED_NAME = "suite.json"
@@ -299,7 +300,7 @@ class SuiteRun:
 
         st = self.state.models[model.name]
         run_dir = self.out / model.name
-        if st.trained and (run_dir / "last.pt").is_file():
+        if st.trained and (run_dir / LAST_CHECKPOINT).is_file():
             return
         self._phase_started = time.monotonic()
         total = self.suite.budget.steps
@@ -309,7 +310,7 @@ class SuiteRun:
                 self._emit("train", model, event.state.step, total, event.state.run_seconds_left)
 
         notes: list[str] = []
-        trainer = open_trainer(model.recipe, run_dir, self.device, resume=(run_dir / "recipe.yaml").is_file(),
+        trainer = open_trainer(model.recipe, run_dir, self.device, resume=(run_dir / RECIPE_FILE).is_file(),
                                events=show, log=notes.append, status=None)
         started = time.monotonic()
         result = trainer.fit()
@@ -523,7 +524,7 @@ def _last_step(run_dir: Path) -> int:
 
     step = 0
     try:
-        with open(run_dir / "metrics.jsonl", encoding="utf-8") as fh:
+        with open(run_dir / METRICS_LOG, encoding="utf-8") as fh:
             for line in fh:
                 try:
                     record = json.loads(line)

@@ -31,6 +31,7 @@ from cttlstm_cli.errors import CttlstmError
 from cttlstm_cli.locking import RunLock
 from cttlstm_cli.recipe import Recipe, read_yaml
 from cttlstm_cli.distributed import Distributed
+from cttlstm_cli.run_files import BEST_CHECKPOINT, CHECKPOINT_NAMES, LAST_CHECKPOINT, METRICS_LOG, PREVIOUS_CHECKPOINT, RECIPE_FILE
 
 #: recipe keys that may change on --resume without making it another run
 RESUMABLE_CHANGES = {"train.epochs", "data.workers", "data.path", "train.log_every", "train.checkpoint_every", "eval"}
@@ -65,23 +66,23 @@ class RunFolder:
 
     @property
     def recipe_file(self) -> Path:
-        return self.root / "recipe.yaml"
+        return self.root / RECIPE_FILE
 
     @property
     def last(self) -> Path:
-        return self.root / "last.pt"
+        return self.root / LAST_CHECKPOINT
 
     @property
     def previous(self) -> Path:
-        return self.root / "previous.pt"
+        return self.root / PREVIOUS_CHECKPOINT
 
     @property
     def best(self) -> Path:
-        return self.root / "best.pt"
+        return self.root / BEST_CHECKPOINT
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_LOG
 
     @property
     def launch_file(self) -> Path:
@@ -327,8 +328,6 @@ def _is_record(line: str) -> bool:
         return False
 
 
-#: the checkpoints of a run folder, in the order ``--resume`` tries them
-CHECKPOINT_NAMES = ("last.pt", "previous.pt", "best.pt")
 #: a run started under torchrun keeps its launch's id here (torchrun's ``--rdzv-id``)
 LAUNCH_ID_NAME = "torchrun-id"
 LAUNCH_ID_ENV = "TORCHELASTIC_RUN_ID"
@@ -341,7 +340,7 @@ def begun_by_this_launch(root: Path) -> bool:
     from cttlstm_cli.distributed import restart_count
 
     launch = os.environ.get(LAUNCH_ID_ENV)
-    if restart_count() == 0 or not launch or not (root / "recipe.yaml").is_file():
+    if restart_count() == 0 or not launch or not (root / RECIPE_FILE).is_file():
         return False
     try:
         return (root / LAUNCH_ID_NAME).read_text().strip() == launch
@@ -368,7 +367,7 @@ def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
 def newest_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path | None:
     """The most recent ``runs/<recipe>-*`` holding a run (a recipe or a checkpoint), for ``--resume``
     without ``--out``; a run stopped before its first checkpoint counts, as it resumes from step 0."""
-    run_files = ("recipe.yaml", *CHECKPOINT_NAMES)
+    run_files = (RECIPE_FILE, *CHECKPOINT_NAMES)
     runs = [p for p in root.glob(f"{recipe.name}-*") if any((p / name).exists() for name in run_files)]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
