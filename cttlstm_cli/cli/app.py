@@ -24,6 +24,7 @@ def _value_type(option: TyperOption, ctx: Any) -> str | None:
 _typer_value_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _value_type  # type: ignore[method-assign]
 
+
 def reflow(text: str) -> str:
     """``text`` with the line breaks inside each paragraph made spaces, so that ``--help`` wraps the
     prose at the terminal's width (typer keeps a docstring's breaks, which splits lines mid-sentence on
