@@ -4,6 +4,7 @@ step, a bounded ``profile`` that keeps what it measured on Ctrl-C."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -80,17 +81,44 @@ def test_the_speed_probe_leaves_no_trace() -> None:
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def test_a_run_that_estimates_its_speed_trains_bit_for_bit_as_one_that_does_not(tmp_path: Path) -> None:
+def test_a_run_that_estimates_its_speed_trains_bit_for_bit_as_one_that_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cttlstm_cli.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "WARM_PROBE_BUDGET_S", math.inf)  # both probes, however loaded the machine
     recipe = load_recipe(RECIPES / "smoke.yaml")
     data = BouncingSquares(64, 10, 32, seed=0), BouncingSquares(16, 10, 32, seed=1)
     said: list[str] = []
     Trainer(recipe, tmp_path / "a", torch.device("cpu"), *data, log=lambda _m: None, status=said.append).fit(max_steps=3)
     Trainer(recipe, tmp_path / "b", torch.device("cpu"), *data, log=lambda _m: None).fit(max_steps=3)
     estimate = [line for line in said if line.startswith("estimate: ")]
-    assert len(estimate) == 1 and "per optimizer step (8 clips, from 1 clip timed in " in estimate[0]
+    # the estimate comes from the warm micro-batch (here the whole batch of 8)
+    assert len(estimate) == 1 and "per optimizer step (8 clips, from 8 clips timed in " in estimate[0]
+    assert estimate[0].split(" timed in ")[1].split(",")[1].strip().startswith("after a first clip")
     assert said.index(estimate[0]) < said.index("first optimizer step (measuring speed)…")
     a, b = torch.load(tmp_path / "a" / "last.pt", weights_only=True), torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize(("first", "warm", "expected"), [(0.5, 1.0, "1 s per optimizer step (8 clips, from 4 clips timed in 0.5 s, after a first clip)"),
+                                                         (100.0, None, "13 min per optimizer step (8 clips, from 1 clip timed in 1.7 min)")])
+def test_the_estimate_times_a_warm_micro_batch_after_a_quick_first_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                        first: float, warm: float | None, expected: str) -> None:
+    from cttlstm_cli.training import trainer as trainer_module
+
+    calls: list[int] = []
+
+    def probe(model, recipe, device, clips: int = 1) -> float:
+        calls.append(clips)
+        return first if len(calls) == 1 else warm / 2  # the warm micro-batch of 4 takes half the batch's time
+
+    monkeypatch.setattr(trainer_module, "probe_step_seconds", probe)
+    recipe = load_recipe(RECIPES / "smoke.yaml", ["train.micro_batch=4"])
+    data = BouncingSquares(64, 10, 32, seed=0), BouncingSquares(16, 10, 32, seed=1)
+    said: list[str] = []
+    Trainer(recipe, tmp_path / "run", torch.device("cpu"), *data, log=lambda _m: None, status=said.append).fit(max_steps=1)
+    (estimate,) = [line for line in said if line.startswith("estimate: ")]
+    assert calls == ([1, 4] if warm is not None else [1])
+    assert estimate.startswith(f"estimate: {expected}"), estimate
 
 
 def test_a_slow_epoch_is_named_before_the_first_step_and_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
