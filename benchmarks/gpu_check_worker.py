@@ -164,7 +164,7 @@ def mode_step(args: argparse.Namespace) -> int:
     from cttlstm_cli.timing import epoch_time
     from cttlstm_cli.recipe import load_recipe
     from cttlstm_cli.training.memory import resolve_micro_batch
-    from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, resolve_precision, train_step
+    from cttlstm_cli.training.step import build_training_model, compile_model, make_optimizer, train_step, uses_channels_last
 
     precision, compiled = VARIANTS[args.variant]
     overrides = [*args.set, f"train.precision={precision}"]
@@ -190,7 +190,7 @@ def mode_step(args: argparse.Namespace) -> int:
     torch.manual_seed(recipe.train.seed)
     net = build_training_model(recipe, device)
     record.update(model=net.name, arch=net.config.arch, params=count_parameters(net),
-                  channels_last=recipe.train.channels_last_under(resolve_precision(recipe.train.precision, device)))  # fmt: skip
+                  channels_last=uses_channels_last(recipe, device))  # fmt: skip
     labels = None if net.num_classes is None else torch.arange(batch, device=device) % net.num_classes
     if not compiled:
         model = net

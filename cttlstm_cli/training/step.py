@@ -23,9 +23,15 @@ def build_training_model(recipe: Recipe, device: torch.device) -> nn.Module:
     net = create_model(recipe.model, recipe.data.channels)
     net.check_data(*recipe.data.frame_size, recipe.data.input_frames)
     net = net.to(device)
-    if recipe.train.channels_last_under(resolve_precision(recipe.train.precision, device)):
+    if uses_channels_last(recipe, device):
         net = to_channels_last(net)
     return net
+
+
+def uses_channels_last(recipe: Recipe, device: torch.device) -> bool:
+    """Whether the recipe trains on ``device`` in channels-last memory format (``train.channels_last``,
+    under the precision :func:`resolve_precision` resolves there)."""
+    return recipe.train.channels_last_under(resolve_precision(recipe.train.precision, device))
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
