@@ -215,9 +215,9 @@ def train(
     schedule (or train.lr_schedule: onecycle), validation every epoch, best.pt chosen on
     validation loss. Seconds after the start, a probe of a clip (and, for a quick model, of a
     micro-batch) estimates how long an epoch and the whole run will take; the first optimizer
-    step is timed and says it again. Checkpoints (last.pt, best.pt) are written atomically; Ctrl-C saves and exits
-    (before the first step has finished it exits at once, saving nothing), --resume
-    continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
+    step is timed and says it again. Checkpoints (last.pt, best.pt) are written atomically;
+    Ctrl-C saves and exits (before the first step has finished it exits at once, saving
+    nothing), --resume continues exactly. Under torchrun every process trains a shard (DDP); only rank 0
     writes files.
     """
     from cttlstm_cli.recipe import load_recipe
